@@ -1,0 +1,12 @@
+"""Errors a user can cause. Entry points print them as one line, never as a traceback."""
+
+
+class RopelabError(Exception):
+    """A mistake in the user's input or environment that ropelab can explain in one sentence."""
+
+
+class UnknownMethodError(RopelabError, KeyError):
+    """A RoPE method name that the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

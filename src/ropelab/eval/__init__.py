@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, passkey retrieval, reports and plots."""

@@ -1,0 +1,53 @@
+"""Reading and writing λ (rescale factor) files: one value per line, a JSON list, or JSON with a key."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ropelab.errors import RopelabError
+
+JSON_KEYS = ("rescale_factors", "long_factor")
+
+
+def _parse_json(text: str, path: Path) -> list:
+    data = json.loads(text)
+    if isinstance(data, dict):
+        for key in JSON_KEYS:
+            if key in data:
+                return data[key]
+        raise RopelabError(f"{path}: JSON object has none of the keys {', '.join(JSON_KEYS)}")
+    return data
+
+
+def read_rescale_factors(path: str | Path) -> tuple[float, ...]:
+    """λ values from a file (one per line, a JSON list, or a JSON object with 'rescale_factors')."""
+    path = Path(path)
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise RopelabError(f"cannot read rescale factors from {path}: {exc.strerror or exc}") from None
+    try:
+        values = _parse_json(text, path) if text[:1] in "[{" else [ln for ln in text.splitlines() if ln.strip()]
+        factors = tuple(float(v) for v in values)
+    except (ValueError, TypeError) as exc:
+        raise RopelabError(f"{path}: not a list of numbers ({exc})") from None
+    if not factors:
+        raise RopelabError(f"{path}: no rescale factors in the file")
+    return factors
+
+
+def write_rescale_factors(path: str | Path, factors: Sequence[float], **metadata) -> Path:
+    """Write λ as JSON ({'rescale_factors': [...], **metadata}); '.txt'/'.csv' give one value per line."""
+    path = Path(path)
+    values = [float(v) for v in factors]
+    if not all(math.isfinite(v) for v in values):
+        raise RopelabError("refusing to write non-finite rescale factors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in {".txt", ".csv"}:
+        path.write_text("".join(f"{v!r}\n" for v in values))
+    else:
+        path.write_text(json.dumps({"rescale_factors": values, **metadata}, indent=2))
+    return path

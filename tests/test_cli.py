@@ -1,0 +1,106 @@
+"""The `ropelab` command line: outputs equal transformers' references; user mistakes give one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from flows.cli import main
+
+SETTING = ["--head-dim", "64", "--base", "10000", "--factor", "8", "--original-max-position-embeddings", "256"]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def theirs(rope_parameters: dict, seq_len=None):
+    config = LlamaConfig(hidden_size=128, num_attention_heads=2, head_dim=64, max_position_embeddings=2048,
+                         rope_parameters={"rope_theta": 10000.0, **rope_parameters})
+    return ROPE_INIT_FUNCTIONS[rope_parameters["rope_type"]](config, seq_len=seq_len)
+
+
+LAMBDA = [1.0 + 7.0 * i / 31 for i in range(32)]
+CASES = {
+    "yarn": ([], {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 256}, None),
+    "linear": ([], {"rope_type": "linear", "factor": 8.0}, None),
+    "llama3": ([], {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 256,
+                    "low_freq_factor": 1.0, "high_freq_factor": 4.0}, None),
+    "dynamic": (["--seq-len", "1500"], {"rope_type": "dynamic", "factor": 8.0}, 1500),
+    "longrope": (["--rescale-factors", "LAMBDA"], {"rope_type": "longrope", "factor": 8.0,
+                 "original_max_position_embeddings": 256, "long_factor": LAMBDA, "short_factor": LAMBDA}, None),
+}
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_show_json_equals_transformers(capsys, tmp_path, method):
+    extra, params, seq_len = CASES[method]
+    lam_file = tmp_path / "lambda.txt"
+    lam_file.write_text("\n".join(map(str, LAMBDA)))
+    extra = [str(lam_file) if a == "LAMBDA" else a for a in extra]
+    setting = [a for a in SETTING] if method != "dynamic" else SETTING
+    if method == "dynamic":  # transformers' dynamic scales from max_position_embeddings
+        setting = [*SETTING[:6], "--original-max-position-embeddings", "2048"]
+    code, out, _ = run_cli(capsys, "rope", "show", "--method", method, *setting, *extra, "--json")
+    assert code == 0
+    got = json.loads(out)
+    inv, attention = theirs(params, seq_len)
+    assert torch.allclose(torch.tensor(got["inv_freq"]), inv, rtol=0, atol=1e-6)
+    assert got["attention_factor"] == pytest.approx(attention, abs=1e-6)
+
+
+def test_lambda_file_accepts_json_list(capsys, tmp_path):
+    path = tmp_path / "lambda.json"
+    path.write_text(json.dumps(LAMBDA))
+    code, out, _ = run_cli(capsys, "rope", "show", "--method", "longrope", *SETTING, "--rescale-factors", str(path),
+                           "--start-tokens", "4", "--json")
+    assert code == 0 and json.loads(out)["start_tokens"] == 4
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["rope", "show", "--method", "magic"], "known methods: default, dynamic"),
+    (["rope", "show", "--method", "longrope", *SETTING, "--rescale-factors", "/nonexistent/l.txt"], "cannot read"),
+    (["rope", "show", "--method", "linear", "--factor", "0.5"], "factor must be >= 1"),
+    (["rope", "show", "--method", "yarn", "--factor", "4"], "needs original_max_position_embeddings"),
+])
+def test_user_mistakes_give_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_lambda_file_content(capsys, tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("1.0\nabc\n")
+    code, _, err = run_cli(capsys, "rope", "show", "--method", "longrope", *SETTING, "--rescale-factors", str(path))
+    assert code == 2 and "not a list of numbers" in err
+
+
+def test_compare_prints_table_and_saves_plot(capsys, tmp_path):
+    lam = tmp_path / "searched.txt"
+    lam.write_text("\n".join(map(str, LAMBDA)))
+    plot = tmp_path / "zoo.png"
+    code, out, _ = run_cli(capsys, "rope", "compare", *SETTING, "--rescale-factors", str(lam), "--out", str(plot),
+                           "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert set(result["scale"]) == {"none", "PI", "NTK", "dynamic NTK", "YaRN", "Llama-3", "λ searched"}
+    assert result["scale"]["PI"] == pytest.approx([8.0] * 32)
+    assert result["scale"]["λ searched"] == pytest.approx(LAMBDA, rel=1e-6)
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_console_script_is_installed_and_runs():
+    script = Path(sys.executable).parent / "ropelab"
+    assert script.exists(), "the ropelab console script is missing from the virtualenv"
+    done = subprocess.run([str(script), "rope", "methods"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "longrope" in done.stdout and "yarn" in done.stdout
