@@ -7,11 +7,53 @@ so `ropelab rope show` starts without paying for Prefect and MLflow imports.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import ropelab  # noqa: F401  (enforces the offline settings before any heavy import)
 from ropelab.errors import RopelabError
 from ropelab.rope import cli as rope_cli
+from tasks.settings import REPO_ROOT
+
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
+FLOWS = {  # command -> (module, flow function, help)
+    "data": ("flows.data", "data_flow", "assemble the corpus into data/ and version it with DVC"),
+    "base": ("flows.base", "base_flow", "pretrain the embedded tiny base model (or check a user's model)"),
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML preset (default: configs/tiny.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set pretrain.steps=100 (repeatable)")
+    p.add_argument("--refresh", action="store_true", help="recompute every stage instead of using the cache")
+
+
+def run_flow(args) -> int:
+    import importlib
+
+    from ropelab.config import load_config, to_dict
+
+    config = load_config(args.config, args.overrides)  # errors before any flow machinery starts
+    if args.refresh:
+        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    module, name, _ = FLOWS[args.command]
+    flow = getattr(importlib.import_module(module), name)
+    flow(to_dict(config))
+    return 0
+
+
+def show_config(args) -> int:
+    from ropelab.config import explain, load_config, to_dict
+
+    if args.explain:
+        print("\n".join(explain()))
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ropelab {ropelab.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     rope_cli.add_commands(commands)
+    for command, (_, _, text) in FLOWS.items():
+        sub = commands.add_parser(command, help=text)
+        _add_config_flags(sub)
+        sub.set_defaults(run=run_flow)
+    config = commands.add_parser("config", help="print the resolved config, or every field with its meaning")
+    _add_config_flags(config)
+    config.add_argument("--explain", action="store_true", help="list every field, its default and its meaning")
+    config.set_defaults(run=show_config)
     return parser
 
 

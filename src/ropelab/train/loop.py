@@ -1,0 +1,115 @@
+"""The causal-LM training loop shared by pretraining, fine-tuning and CLEX.
+
+No logging inside: progress and tracking go through the ``on_step`` callback. Resumable: with a
+``checkpoint_dir`` the loop saves model, optimiser, scheduler and sampler state every K steps and resumes from
+the last checkpoint, giving the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ropelab.config import TrainConfig
+from ropelab.errors import RopelabError
+from ropelab.train.data import random_batches
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class NonFiniteLossError(RopelabError):
+    """The loss or gradient became NaN/inf: stop instead of training on garbage."""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then linear decay to cfg.lr · min_lr_ratio at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * min(1.0, progress))
+
+
+def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=False)
+
+
+def _save(path: Path, model, optimizer, generator, step: int, history: list[StepRecord]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "generator": generator.get_state(), "history": [asdict(h) for h in history]}, tmp)
+    tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+
+def train_causal_lm(
+    model: torch.nn.Module,
+    blocks: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    extra_parameters: Iterable[torch.nn.Parameter] = (),
+    position_ids: Callable[[int, torch.Generator], torch.Tensor] | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+    checkpoint_dir: Path | None = None,
+) -> list[StepRecord]:
+    """Train ``model`` on random batches of ``blocks`` (n, seq_len) for cfg.steps optimiser steps.
+
+    ``position_ids(seq_len, generator)`` may supply custom positions per micro-batch (CLEX); the loss is the
+    mean next-token cross-entropy. Returns the per-step history.
+    """
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
+    optimizer = _optimizer(params, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history: list[StepRecord] = []
+    start = 0
+    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, history = state["step"], [StepRecord(**h) for h in state["history"]]
+    batches = random_batches(blocks, cfg.batch_size, generator)
+    model.train()
+    for step in range(start, cfg.steps):
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = next(batches).to(device)
+            kwargs = {"position_ids": position_ids(batch.shape[1], generator).to(device)} if position_ids else {}
+            loss = model(input_ids=batch, labels=batch, **kwargs).loss
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite loss at step {step}")
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.item()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLossError(f"non-finite gradient norm at step {step}")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        record = StepRecord(step, loss_sum / cfg.grad_accum, lr, grad_norm,
+                            (step + 1) * cfg.grad_accum * cfg.batch_size * blocks.shape[1])
+        history.append(record)
+        if on_step is not None:
+            on_step(record)
+        if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            _save(ckpt, model, optimizer, generator, step + 1, history)
+    model.eval()
+    return history
