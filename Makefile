@@ -17,9 +17,9 @@ $(VENV)/.setup-done: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
 	touch $@
 
-# The main job on the embedded default.
+# The main job on the embedded default: data (DVC) → tiny base model → method-zoo evaluation, tracked in MLflow.
 demo: setup
-	$(BIN)/ropelab rope compare --out artifacts/rope_compare.png
+	$(BIN)/ropelab evaluate --config configs/tiny.yaml
 
 test: setup
 	$(BIN)/python -m pytest

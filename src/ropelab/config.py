@@ -71,8 +71,18 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    num_windows: int = doc("held-out windows (documents) per length, chosen by a seeded generator", 8)
-    seed: int = doc("seed of the window choice", 0)
+    num_windows: int = doc("held-out windows per length, chosen by a seeded generator (≥ 8: fewer overfit)", 8)
+    seed: int = doc("seed of the window choice and passkey keys", 0)
+    split: str = doc("held-out split for reported numbers: test (default) or validation", "test")
+    length_multipliers: tuple[int, ...] = doc("evaluation lengths as multiples of the original length L",
+                                              (1, 2, 4, 8, 16))
+    methods: tuple[str, ...] = doc("baselines to evaluate: none, pi, ntk, dynamic, yarn, llama3",
+                                   ("none", "pi", "ntk", "dynamic", "yarn"))
+    rescale_factor_files: tuple[str, ...] = doc("λ files (from a search) evaluated next to the baselines", ())
+    protocol: str = doc("perplexity protocol: truncated (one window per segment) or sliding", "truncated")
+    stride: int = doc("sliding protocol: stride S in tokens (references use 256)", 256)
+    passkey_depths: tuple[float, ...] = doc("passkey needle depths (fractions of the filler)", (0.1, 0.5, 0.9))
+    passkey_trials: int = doc("passkey prompts per (length, depth); 0 disables passkey", 1)
 
 
 @dataclass(frozen=True)

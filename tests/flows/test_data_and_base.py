@@ -88,3 +88,21 @@ def test_mlflow_runs_carry_lineage(first_base_run):
     assert len(loss) >= 2 and loss[-1].value < loss[0].value
     data_run = client.get_run(first_base_run["data"]["run_id"])
     assert data_run.inputs.dataset_inputs[0].dataset.digest == first_base_run["data"]["md5"]
+
+
+def test_evaluate_flow_writes_the_zoo_report(first_base_run, smoke):
+    from flows.evaluate import evaluate_flow
+    from tasks import tracking
+
+    config = {**smoke, "eval": {**smoke["eval"], "length_multipliers": [1, 2, 4], "methods": ["none", "pi", "yarn"],
+                                "passkey_trials": 1, "passkey_depths": [0.5]}}
+    report = evaluate_flow(config)
+    out = Path(report["dir"])
+    for name in ("zoo.md", "zoo.csv", "ppl_vs_length.png", "passkey.json", "passkey_pi.png"):
+        assert (out / name).exists(), name
+    assert set(report["table"]) == {"none", "pi", "yarn"} and set(report["table"]["pi"]) == {"64", "128", "256"}
+    assert report["table"]["pi"]["64"] == pytest.approx(report["table"]["none"]["64"], rel=1e-6)
+    run = tracking.client().get_run(report["run_id"])
+    assert run.data.metrics["ppl/yarn/256"] == pytest.approx(report["table"]["yarn"]["256"])
+    assert run.data.tags["ropelab.consumed.base"] == report["base"]["run_id"]
+    assert "128" in report["passkey"]["none"] and "64" not in report["passkey"]["none"]  # 64 can't hold the needle

@@ -27,6 +27,50 @@ def plot_effective_scale(curves: Mapping[str, Sequence[float]], path: str | Path
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    return _save(fig, path, plt)
+
+
+def plot_ppl_vs_length(curves: Mapping[str, Mapping[int, float]], path: str | Path, title: str,
+                       original_length: int | None = None) -> Path:
+    """Perplexity against evaluation length, one line per method, log y (and log x)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, by_length in curves.items():
+        lengths = sorted(by_length)
+        ax.plot(lengths, [by_length[n] for n in lengths], marker="o", label=name, linewidth=1.6)
+    if original_length:
+        ax.axvline(original_length, color="grey", linestyle=":", label=f"pretrained length {original_length}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path, plt)
+
+
+def plot_passkey_heatmap(table: Mapping[int, Mapping[float, float]], path: str | Path, title: str) -> Path:
+    """Passkey accuracy by length (rows) × needle depth (columns)."""
+    plt = _pyplot()
+    lengths = sorted(table)
+    depths = sorted({d for row in table.values() for d in row})
+    grid = [[table[n].get(d, float("nan")) for d in depths] for n in lengths]
+    fig, ax = plt.subplots(figsize=(1.2 * len(depths) + 3, 0.5 * len(lengths) + 2))
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.0%}", ha="center", va="center", fontsize=9)
+    ax.set_xlabel("needle depth")
+    ax.set_ylabel("prompt length (tokens)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="accuracy")
+    return _save(fig, path, plt)
+
+
+def _save(fig, path: str | Path, plt) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,14 @@ def read_rescale_factors(path: str | Path) -> tuple[float, ...]:
     return factors
 
 
+def read_rescale_metadata(path: str | Path) -> dict:
+    """The metadata stored beside λ in a JSON file (factor, start_tokens, …); {} for other formats."""
+    text = Path(path).read_text().strip()
+    if not text.startswith("{"):
+        return {}
+    return {k: v for k, v in json.loads(text).items() if k not in JSON_KEYS}
+
+
 def write_rescale_factors(path: str | Path, factors: Sequence[float], **metadata) -> Path:
     """Write λ as JSON ({'rescale_factors': [...], **metadata}); '.txt'/'.csv' give one value per line."""
     path = Path(path)

@@ -120,6 +120,45 @@ class RopelabRotaryEmbedding(nn.Module):
         return f"long={self.long.method}{short}"
 
 
+class PerRowRotaryEmbedding(nn.Module):
+    """One RoPE setting per batch row (batched candidate evaluation in the search).
+
+    ``set_rows(specs)`` fixes the settings of the next forward's rows; every spec is evaluated at its own
+    (length-independent) frequencies, with its own attention factor and n̂.
+    """
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        self.original_inv_freq = rope_frequencies(head_dim, base)
+        self.rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def set_rows(self, specs: list[RopeSpec]) -> None:
+        computed = [spec.compute() for spec in specs]
+        self.rows = (torch.stack([inv for inv, _ in computed]),
+                     torch.tensor([a for _, a in computed], dtype=torch.float32),
+                     torch.tensor([spec.start_tokens for spec in specs], dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rows is None or self.rows[0].shape[0] != x.shape[0]:
+            raise RopelabError("PerRowRotaryEmbedding: set_rows() must give one spec per batch row")
+        position_ids = position_ids.expand(x.shape[0], -1)  # transformers passes (1, seq) for the whole batch
+        inv_freq, attention, start_tokens = (t.to(x.device) for t in self.rows)
+        cos, sin = rotary_cos_sin(inv_freq, attention, position_ids, start_tokens=start_tokens,
+                                  original_inv_freq=self.original_inv_freq.to(x.device))
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def install_per_row_rope(model: nn.Module) -> PerRowRotaryEmbedding:
+    """Replace the rotary module by a per-row one (uninstall_rope restores the original)."""
+    basics = rope_basics(model.config)
+    owner = _rotary_owner(model)
+    module = PerRowRotaryEmbedding(basics.head_dim, basics.base)
+    previous = owner.rotary_emb
+    module.__dict__["replaced"] = getattr(previous, "replaced", previous)
+    owner.rotary_emb = module
+    return module
+
+
 def check_compatible(spec: RopeSpec, basics: RopeBasics) -> None:
     if spec.head_dim != basics.head_dim:
         raise RopelabError(f"spec head_dim {spec.head_dim} != model head_dim {basics.head_dim}")

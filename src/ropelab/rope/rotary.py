@@ -33,22 +33,24 @@ def rotary_cos_sin(
     attention_factor: float | torch.Tensor,
     position_ids: torch.Tensor,
     *,
-    start_tokens: int = 0,
+    start_tokens: int | torch.Tensor = 0,
     original_inv_freq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (batch, seq, head_dim), float32.
 
     Positions < ``start_tokens`` (n̂) use ``original_inv_freq`` and no attention factor: LongRoPE keeps the
-    first n̂ tokens un-interpolated (paper §3.2).
+    first n̂ tokens un-interpolated (paper §3.2). ``start_tokens`` may be a (batch,) tensor: one n̂ per row.
     """
     emb = rotary_angles(inv_freq, position_ids)
     scale = _as_column(attention_factor, emb)
     cos, sin = emb.cos() * scale, emb.sin() * scale
-    if start_tokens > 0:
+    per_row = isinstance(start_tokens, torch.Tensor)
+    if (per_row and bool((start_tokens > 0).any())) or (not per_row and start_tokens > 0):
         if original_inv_freq is None:
             raise ValueError("start_tokens > 0 needs original_inv_freq")
         original = rotary_angles(original_inv_freq, position_ids)
-        keep = (position_ids < start_tokens)[..., None]
+        limit = start_tokens.to(position_ids.device)[:, None] if per_row else start_tokens
+        keep = (position_ids < limit)[..., None]
         cos = torch.where(keep, original.cos(), cos)
         sin = torch.where(keep, original.sin(), sin)
     return cos, sin

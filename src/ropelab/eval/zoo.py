@@ -1,0 +1,130 @@
+"""The method zoo: evaluate a list of RoPE methods at a list of lengths on the same held-out windows.
+
+Baselines are set for each evaluation length n with the scale s = max(1, n / L) (each method configured to
+extend to that length); dynamic NTK is one setting for all lengths (factor 1: s_eff = l / L); a λ set from a
+search is fixed. Every number carries method, length, protocol and window count.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ropelab.errors import RopelabError
+from ropelab.eval.passkey import PasskeyResult, accuracy_table, passkey_trial, random_key
+from ropelab.eval.perplexity import PerplexityResult, perplexity, sliding_perplexity
+from ropelab.rope.hf import RopeBasics, install_rope, uninstall_rope
+from ropelab.rope.registry import RopeSpec
+
+SpecPair = tuple[RopeSpec, RopeSpec | None]  # (long, short)
+
+
+def _scale(length: int, basics: RopeBasics) -> float:
+    return max(1.0, length / basics.original_max_position_embeddings)
+
+
+BASELINES: dict[str, Callable[[int, RopeBasics], RopeSpec]] = {
+    "none": lambda n, b: RopeSpec("default", b.head_dim, b.base),
+    "pi": lambda n, b: RopeSpec("linear", b.head_dim, b.base, factor=_scale(n, b)),
+    "ntk": lambda n, b: RopeSpec("ntk", b.head_dim, b.base, factor=_scale(n, b)),
+    "dynamic": lambda n, b: RopeSpec("dynamic", b.head_dim, b.base, factor=1.0,
+                                     original_max_position_embeddings=b.original_max_position_embeddings),
+    "yarn": lambda n, b: RopeSpec("yarn", b.head_dim, b.base, factor=_scale(n, b),
+                                  original_max_position_embeddings=b.original_max_position_embeddings),
+    "llama3": lambda n, b: RopeSpec("llama3", b.head_dim, b.base, factor=_scale(n, b),
+                                    original_max_position_embeddings=b.original_max_position_embeddings),
+}
+
+
+def baseline(name: str) -> Callable[[int, RopeBasics], SpecPair]:
+    if name not in BASELINES:
+        raise RopelabError(f"unknown zoo method {name!r}; baselines: {', '.join(BASELINES)} (λ sets come as files)")
+    return lambda n, b: (BASELINES[name](n, b), None)
+
+
+def fixed(long: RopeSpec, short: RopeSpec | None = None) -> Callable[[int, RopeBasics], SpecPair]:
+    """A searched/exported setting, the same at every length (short set used up to L, as in transformers)."""
+    return lambda n, b: (long, short)
+
+
+@dataclass(frozen=True)
+class ZooCell:
+    method: str
+    result: PerplexityResult
+
+
+def evaluate_ppl_grid(model, basics: RopeBasics, methods: Mapping[str, Callable[[int, RopeBasics], SpecPair]],
+                      windows: Mapping[int, torch.Tensor], *, protocol: str = "truncated", stride: int | None = None,
+                      on_cell: Callable[[ZooCell], None] | None = None) -> list[ZooCell]:
+    """PPL of every method at every length (the same windows for all methods)."""
+    cells = []
+    try:
+        for name, make in methods.items():
+            for length, data in sorted(windows.items()):
+                install_rope(model, *make(length, basics))
+                result = (perplexity(model, data) if protocol == "truncated"
+                          else sliding_perplexity(model, data, length, stride or length))
+                cells.append(ZooCell(name, result))
+                if on_cell is not None:
+                    on_cell(cells[-1])
+    finally:
+        uninstall_rope(model)
+    return cells
+
+
+def evaluate_passkey_grid(model, tokenizer, basics: RopeBasics,
+                          methods: Mapping[str, Callable[[int, RopeBasics], SpecPair]], lengths: Sequence[int],
+                          depths: Sequence[float], trials: int, generator: torch.Generator,
+                          on_trial: Callable[[str, PasskeyResult], None] | None = None) -> dict[str, list[PasskeyResult]]:
+    """Passkey results per method; keys are drawn once, so every method answers the same prompts."""
+    keys = {(n, d, t): random_key(generator) for n in lengths for d in depths for t in range(trials)}
+    out: dict[str, list[PasskeyResult]] = {}
+    try:
+        for name, make in methods.items():
+            for (n, d, _), key in keys.items():
+                install_rope(model, *make(n, basics))
+                out.setdefault(name, []).append(passkey_trial(model, tokenizer, n, d, key))
+                if on_trial is not None:
+                    on_trial(name, out[name][-1])
+    finally:
+        uninstall_rope(model)
+    return out
+
+
+def ppl_table(cells: Sequence[ZooCell]) -> dict[str, dict[int, float]]:
+    table: dict[str, dict[int, float]] = {}
+    for cell in cells:
+        table.setdefault(cell.method, {})[cell.result.length] = cell.result.ppl
+    return table
+
+
+def markdown_table(table: Mapping[str, Mapping[int, float]], caption: str) -> str:
+    lengths = sorted({n for row in table.values() for n in row})
+    lines = [caption, "", "| method | " + " | ".join(str(n) for n in lengths) + " |",
+             "|---|" + "---:|" * len(lengths)]
+    for method, row in table.items():
+        best = {n: min(r[n] for r in table.values() if n in r) for n in lengths}
+        cells = [(f"**{row[n]:.3f}**" if row[n] == best[n] else f"{row[n]:.3f}") if n in row else "–" for n in lengths]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(cells: Sequence[ZooCell], extra: Mapping[str, str]) -> str:
+    buffer = io.StringIO()
+    fields = ["method", "length", "ppl", "nll", "tokens", "num_windows", "protocol", "stride", *extra]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for cell in cells:
+        r = cell.result
+        writer.writerow({"method": cell.method, "length": r.length, "ppl": f"{r.ppl:.6f}", "nll": f"{r.nll:.6f}",
+                         "tokens": r.tokens, "num_windows": r.num_windows, "protocol": r.protocol,
+                         "stride": r.stride or "", **extra})
+    return buffer.getvalue()
+
+
+def passkey_tables(results: Mapping[str, Sequence[PasskeyResult]]) -> dict[str, dict[int, dict[float, float]]]:
+    return {name: accuracy_table(rs) for name, rs in results.items()}

@@ -1,0 +1,111 @@
+"""The LongRoPE search space (../shared/algorithms.md §2): genome, bounds, grid, constraint, seeds.
+
+Genome: λ ∈ R^{d/2} on a grid of ``step`` (0.01), monotone non-decreasing (high-frequency dimensions
+interpolate least), within [1, upper] where upper = 1.25·s (paper) or 1 + s (released code); optionally n̂ from
+a fixed candidate set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ropelab.errors import RopelabError
+from ropelab.rope.methods import rope_frequencies
+from ropelab.rope.registry import RopeSpec
+
+PAPER_START_TOKENS = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256)
+CODE_START_TOKENS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64)
+BOUNDS = ("paper", "code")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One genome. ``rescale_factors`` are grid values; equality is on the grid (the dedup key)."""
+
+    rescale_factors: tuple[float, ...]
+    start_tokens: int = 0
+
+    def key(self, step: float) -> tuple:
+        return (tuple(int(round(v / step)) for v in self.rescale_factors), self.start_tokens)
+
+    def to_dict(self) -> dict:
+        return {"rescale_factors": list(self.rescale_factors), "start_tokens": self.start_tokens}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    head_dim: int
+    base: float
+    scale: float  # s = L' / L
+    original_max_position_embeddings: int
+    bounds: str = "paper"
+    step: float = 0.01
+    start_token_choices: tuple[int, ...] | None = None  # None: n̂ is not searched (kept 0)
+    max_rescale: float | None = None  # recovery search: a reduced maximum λ
+
+    def __post_init__(self) -> None:
+        if self.bounds not in BOUNDS:
+            raise RopelabError(f"search bounds must be one of {BOUNDS}, got {self.bounds!r}")
+        if self.scale < 1:
+            raise RopelabError(f"search scale must be >= 1, got {self.scale}")
+
+    @property
+    def dims(self) -> int:
+        return self.head_dim // 2
+
+    @property
+    def upper(self) -> float:
+        bound = 1.25 * self.scale if self.bounds == "paper" else 1.0 + self.scale
+        return min(bound, self.max_rescale) if self.max_rescale else bound
+
+    def snap(self, values) -> np.ndarray:
+        """Onto the grid, into the bounds, made monotone (running maximum)."""
+        grid = np.round(np.asarray(values, dtype=np.float64) / self.step) * self.step
+        return np.maximum.accumulate(np.clip(grid, 1.0, self.upper_on_grid()))
+
+    def upper_on_grid(self) -> float:
+        return math.floor(self.upper / self.step + 1e-9) * self.step
+
+    def is_valid(self, candidate: Candidate) -> bool:
+        lam = np.asarray(candidate.rescale_factors)
+        in_set = self.start_token_choices is None and candidate.start_tokens == 0 or (
+            self.start_token_choices is not None and candidate.start_tokens in self.start_token_choices)
+        return (lam.shape == (self.dims,) and bool(np.all(np.diff(lam) >= -1e-9)) and lam.min() >= 1.0 - 1e-9
+                and lam.max() <= self.upper + 1e-9 and in_set)
+
+    def candidate(self, values, start_tokens: int | None = None) -> Candidate:
+        n_hat = start_tokens if start_tokens is not None else (min(self.start_token_choices)
+                                                               if self.start_token_choices else 0)
+        return Candidate(tuple(float(round(v, 6)) for v in self.snap(values)), n_hat)
+
+    def spec(self, candidate: Candidate, attention_policy: str = "su") -> RopeSpec:
+        """The longrope setting a candidate stands for."""
+        return RopeSpec("longrope", self.head_dim, self.base, factor=self.scale,
+                        original_max_position_embeddings=self.original_max_position_embeddings,
+                        rescale_factors=candidate.rescale_factors, start_tokens=candidate.start_tokens,
+                        attention_policy=attention_policy)
+
+
+def _as_lambda(spec: RopeSpec) -> np.ndarray:
+    inv_freq, _ = spec.compute()
+    return (rope_frequencies(spec.head_dim, spec.base) / inv_freq).double().numpy()
+
+
+def seed_vectors(space: SearchSpace, variant: str = "paper") -> dict[str, np.ndarray]:
+    """Initial λ vectors: paper = PI, NTK and YaRN (inverse-frequency blend); code = the released code's single
+    seed, YaRN with the FACTOR blended linearly, λ_i = s·(1 − m_i) + m_i (m = 1 where frequencies are kept)."""
+    s, d, L = space.scale, space.head_dim, space.original_max_position_embeddings
+    common = {"head_dim": d, "base": space.base}
+    yarn = RopeSpec("yarn", factor=s, original_max_position_embeddings=L, **common)
+    if variant == "code":
+        from ropelab.rope.methods import yarn_correction_range, yarn_ramp
+
+        low, high = yarn_correction_range(d, space.base, L, 32.0, 1.0)
+        keep = (1 - yarn_ramp(low, high, d // 2)).double().numpy()
+        return {"yarn-factor": s * (1 - keep) + keep}
+    if variant != "paper":
+        raise RopelabError(f"seed variant must be paper or code, got {variant!r}")
+    return {"pi": np.full(space.dims, s), "ntk": _as_lambda(RopeSpec("ntk", factor=s, **common)), "yarn": _as_lambda(yarn)}

@@ -1,0 +1,66 @@
+"""The method zoo on a tiny random model: per-length scales, identical windows, reports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ropelab.errors import RopelabError
+from ropelab.eval import zoo
+from ropelab.eval.perplexity import truncated_windows
+from ropelab.rope.hf import rope_basics
+
+L = 32
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                                         max_position_embeddings=L, attn_implementation="sdpa")).eval()
+    docs = [torch.randint(0, 256, (2000,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(2)]
+    windows = {n: truncated_windows(docs, n, 4, 256, torch.Generator().manual_seed(0)) for n in (L, 2 * L, 4 * L)}
+    return model, rope_basics(model.config), windows
+
+
+def test_grid_scales_per_length(setup):
+    model, basics, windows = setup
+    methods = {name: zoo.baseline(name) for name in ("none", "pi", "ntk", "yarn", "dynamic")}
+    installed = {}
+
+    def record(cell):
+        installed[cell.method, cell.result.length] = model.model.rotary_emb.long
+
+    cells = zoo.evaluate_ppl_grid(model, basics, methods, windows, on_cell=record)
+    table = zoo.ppl_table(cells)
+    assert set(table) == set(methods) and all(set(row) == {L, 2 * L, 4 * L} for row in table.values())
+    for name in ("pi", "ntk", "yarn", "dynamic"):  # at 1× every method is the unscaled model
+        assert table[name][L] == pytest.approx(table["none"][L], rel=1e-6)
+    assert installed["pi", 4 * L].method == "linear" and installed["pi", 4 * L].factor == 4.0
+    assert installed["yarn", 2 * L].factor == 2.0 and installed["ntk", L].factor == 1.0
+    assert installed["dynamic", 4 * L].factor == 1.0  # one setting; s_eff = l / L comes from the length
+    assert table["pi"][4 * L] != table["none"][4 * L]
+    assert all(c.result.num_windows == 4 and c.result.protocol == "truncated" for c in cells)
+    assert type(model.model.rotary_emb).__name__ == "LlamaRotaryEmbedding"  # the original module is restored
+
+
+def test_reports(setup):
+    model, basics, windows = setup
+    cells = zoo.evaluate_ppl_grid(model, basics, {"none": zoo.baseline("none"), "pi": zoo.baseline("pi")},
+                                  {n: w for n, w in windows.items() if n <= 2 * L})
+    md = zoo.markdown_table(zoo.ppl_table(cells), "caption")
+    rows = [line.split("|")[2:-1] for line in md.splitlines()[4:]]
+    assert md.startswith("caption") and len(rows) == 2
+    for column in zip(*rows, strict=True):  # the smallest value of every length is bold
+        values = [float(v.strip(" *")) for v in column]
+        assert all(("**" in v) == (float(v.strip(" *")) == min(values)) for v in column)
+    csv = zoo.csv_rows(cells, {"data_version": "abc"})
+    assert csv.splitlines()[0].startswith("method,length,ppl") and len(csv.splitlines()) == 5 and "abc" in csv
+
+
+def test_unknown_zoo_method():
+    with pytest.raises(RopelabError, match="baselines: none, pi"):
+        zoo.baseline("rope-magic")
