@@ -10,7 +10,7 @@ from tasks import tracking
 from tasks.model import describe_model, model_exists, pretrain_base
 
 
-@flow(name="base", log_prints=True)
+@flow(name="base")
 def base_flow(config: dict, parent_run_id: str | None = None) -> dict:
     cfg = build(RunConfig, config)
     data = data_flow(config, parent_run_id=parent_run_id)

@@ -20,6 +20,7 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 FLOWS = {  # command -> (module, flow function, help)
     "data": ("flows.data", "data_flow", "assemble the corpus into data/ and version it with DVC"),
     "base": ("flows.base", "base_flow", "pretrain the embedded tiny base model (or check a user's model)"),
+    "search": ("flows.search", "search_flow", "LongRoPE evolutionary search of λ at search.scale"),
     "evaluate": ("flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
 }
 

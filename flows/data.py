@@ -16,7 +16,7 @@ def data_matches(home, md5: str) -> bool:
             and versioning.is_clean(home))
 
 
-@flow(name="data", log_prints=True)
+@flow(name="data")
 def data_flow(config: dict, parent_run_id: str | None = None) -> dict:
     cfg = build(RunConfig, config)
     p = paths()

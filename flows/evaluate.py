@@ -17,7 +17,7 @@ def file_hashes(files) -> dict[str, str]:
     return {f: hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16] for f in files}
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate")
 def evaluate_flow(config: dict, parent_run_id: str | None = None) -> dict:
     cfg = build(RunConfig, config)
     base = base_flow(config, parent_run_id=parent_run_id)

@@ -104,3 +104,21 @@ def test_console_script_is_installed_and_runs():
     assert script.exists(), "the ropelab console script is missing from the virtualenv"
     done = subprocess.run([str(script), "rope", "methods"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "longrope" in done.stdout and "yarn" in done.stdout
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["data", "--config", "/nonexistent/preset.yaml"], "cannot read config"),
+    (["base", "--set", "pretrain.stepz=3"], "unknown key(s) stepz; valid keys: steps"),
+    (["search", "--set", "search.scale=fast"], "expected a number"),
+    (["evaluate", "--set", "eval"], "key.path=value"),
+])
+def test_flow_commands_reject_bad_configs_in_one_line(capsys, argv, message):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_command_prints_resolved_yaml_and_explains(capsys):
+    code, out, _ = run_cli(capsys, "config", "--set", "search.scale=16")
+    assert code == 0 and "scale: 16.0" in out and "preset: tiny" in out
+    code, out, _ = run_cli(capsys, "config", "--explain")
+    assert code == 0 and "search.evo_scale = 1.0:" in out

@@ -86,6 +86,28 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    scale: float = doc("target ratio s: the search targets length s·L", 8.0)
+    bounds: str = doc("λ bounds: paper [1, 1.25·s] or code [1, 1+s]", "paper")
+    seeds: str = doc("initial population seeds: paper (PI, NTK, YaRN) or code (one YaRN-factor seed)", "paper")
+    start_tokens: str = doc("n̂ search: none (n̂ = 0), paper or code candidate set", "none")
+    attention_policy: str = doc("longrope attention factor: su, yarn or none", "su")
+    num_windows: int = doc("validation windows for fitness (≥ 8: a 2-window fitness overfitted)", 8)
+    test_windows: int = doc("held-out test windows for the honest report of the winner and the seeds", 8)
+    seed: int = doc("seed of the search's random generator and the window choice", 0)
+    population: int = doc("population size", 64)
+    iterations: int = doc("generations", 40)
+    mutations: int = doc("mutated children per generation", 16)
+    crossovers: int = doc("crossover children per generation", 16)
+    parents: int = doc("elitist parents kept per generation", 32)
+    evo_scale: float = doc("multiplies population, mutations, crossovers, parents (cheap presets)", 1.0)
+    mutation_probability: float = doc("per-gene mutation/crossover probability", 0.3)
+    early_stop_patience: int = doc("stop after this many generations without improvement (0: never)", 0)
+    max_rescale: float = doc("upper bound on λ (recovery search); 0: the bounds' own", 0.0)
+    tokens_per_batch: int = doc("tokens per forward pass when evaluating candidates in batches", 16384)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     preset: str = doc("name of the preset (recorded as a tag on every run)", "custom")
     experiment: str = doc("MLflow experiment name", "ropelab")
@@ -93,6 +115,7 @@ class RunConfig:
     model: ModelConfig = doc("base model", default_factory=ModelConfig)
     pretrain: TrainConfig = doc("tiny-model pretraining", default_factory=TrainConfig)
     eval: EvalConfig = doc("evaluation protocol", default_factory=EvalConfig)
+    search: SearchConfig = doc("LongRoPE evolutionary search", default_factory=SearchConfig)
 
 
 # ------------------------------------------------------------------ loading

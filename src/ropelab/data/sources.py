@@ -81,7 +81,9 @@ def read_r_lazyload(base: Path) -> dict[str, object]:
         raw = zlib.decompress(chunk[4:])  # 4-byte big-endian length, then zlib (R's default compression)
         if len(raw) != struct.unpack(">i", chunk[:4])[0]:
             raise RopelabError(f"corrupt entry {name} in {blob_path}")
-        objects[str(name)] = rdata.conversion.convert(rdata.parser.parse_data(raw))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rdata cannot tell the format of a raw blob and says so
+            objects[str(name)] = rdata.conversion.convert(rdata.parser.parse_data(raw))
     return objects
 
 

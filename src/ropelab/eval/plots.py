@@ -77,3 +77,23 @@ def _save(fig, path: str | Path, plt) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_search_curves(seeds: Mapping[str, Sequence[float]], best_per_generation: Sequence[Sequence[float]],
+                       path: str | Path, title: str) -> Path:
+    """λ of the best candidate of every generation (light → dark) against the seeds (dashed)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.cm.viridis([i / max(1, len(best_per_generation) - 1) for i in range(len(best_per_generation))])
+    for generation, (values, colour) in enumerate(zip(best_per_generation, colours, strict=True)):
+        last = generation == len(best_per_generation) - 1
+        ax.plot(range(len(values)), list(values), color=colour, linewidth=2.4 if last else 0.8,
+                label=f"best, generation {generation}" if last or generation == 0 else None)
+    for name, values in seeds.items():
+        ax.plot(range(len(values)), list(values), linestyle="--", linewidth=1.2, label=f"seed {name}")
+    ax.set_xlabel("rotary dimension i (0 = highest frequency)")
+    ax.set_ylabel("rescale factor λᵢ")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path, plt)

@@ -315,11 +315,19 @@ def export_hf(model: nn.Module, out_dir: str | Path, long: RopeSpec, short: Rope
             {**model.config.to_dict(), "rope_parameters": params, "max_position_embeddings": max_positions})
         config.save_pretrained(staging)
         if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+            save_tokenizer(tokenizer, staging)
         (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
     for note in report.lossy:
         warnings.warn(f"lossy export to {out}: {note}", LossyExportWarning, stacklevel=2)
     return report
+
+
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    """transformers tokenizers have save_pretrained(dir); ropelab's own have save(dir)."""
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(directory)
+    else:
+        tokenizer.save(directory)
 
 
 @contextlib.contextmanager
