@@ -21,6 +21,7 @@ FLOWS = {  # command -> (module, flow function, help)
     "data": ("flows.data", "data_flow", "assemble the corpus into data/ and version it with DVC"),
     "base": ("flows.base", "base_flow", "pretrain the embedded tiny base model (or check a user's model)"),
     "search": ("flows.search", "search_flow", "LongRoPE evolutionary search of λ at search.scale"),
+    "finetune": ("flows.finetune", "finetune_flow", "fine-tune with a fixed RoPE (λ file or baseline) at a longer length"),
     "evaluate": ("flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
 }
 

@@ -50,3 +50,10 @@ def test_round_trip_and_flatten():
     assert load_config(None, [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
                               for k, v in flatten(to_dict(cfg)).items()]) == cfg
     assert any(line.startswith("pretrain.steps = 1000: optimiser steps") for line in explain())
+
+
+def test_partial_nested_override_keeps_the_sections_own_defaults():
+    cfg = load_config(None, ["finetune.train.steps=3"])
+    assert cfg.finetune.train.steps == 3
+    assert (cfg.finetune.train.seq_len, cfg.finetune.train.batch_size) == (1024, 4)  # finetune's, not TrainConfig's
+    assert cfg.pretrain.seq_len == 256

@@ -108,6 +108,19 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    method: str = doc("RoPE used while fine-tuning: longrope (with rescale_factors_file) or a baseline: pi, "
+                      "ntk, yarn, llama3", "longrope")
+    rescale_factors_file: str = doc("λ file (e.g. a search's rescale_factors.json) for method longrope", "")
+    scale: float = doc("extension ratio s of the RoPE setting (baselines; longrope takes the file's factor)", 4.0)
+    only_beyond_original: bool = doc("plain RoPE while the sequence fits in L, the scaled one beyond "
+                                     "(the reference training code)", True)
+    train: TrainConfig = doc("optimisation (paper: lr 2e-5, linear decay, global batch 32)",
+                             default_factory=lambda: TrainConfig(steps=100, batch_size=4, seq_len=1024, lr=2e-4,
+                                                                 warmup_steps=10, checkpoint_every=25))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     preset: str = doc("name of the preset (recorded as a tag on every run)", "custom")
     experiment: str = doc("MLflow experiment name", "ropelab")
@@ -116,6 +129,7 @@ class RunConfig:
     pretrain: TrainConfig = doc("tiny-model pretraining", default_factory=TrainConfig)
     eval: EvalConfig = doc("evaluation protocol", default_factory=EvalConfig)
     search: SearchConfig = doc("LongRoPE evolutionary search", default_factory=SearchConfig)
+    finetune: FinetuneConfig = doc("fine-tuning with a fixed RoPE at a longer length", default_factory=FinetuneConfig)
 
 
 # ------------------------------------------------------------------ loading
@@ -126,12 +140,12 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _coerce(value: Any, kind: Any, where: str) -> Any:
+def _coerce(value: Any, kind: Any, where: str, default: Any = None) -> Any:
     origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise RopelabError(f"{where}: expected a mapping, got {value!r}")
-        return build(kind, value, where)
+        return build(kind, value, where, default)
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
         inner = typing.get_args(kind)[0]
@@ -158,13 +172,30 @@ def _to_float(value: Any, where: str) -> float:
         raise RopelabError(f"{where}: expected a number, got {value!r}") from None
 
 
-def build(cls, data: dict, where: str = "config"):
-    """Instantiate dataclass ``cls`` from a mapping; unknown keys raise with the valid ones listed."""
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def build(cls, data: dict, where: str = "config", defaults: Any = None):
+    """Instantiate dataclass ``cls`` from a mapping; unknown keys raise with the valid ones listed.
+
+    A partial mapping for a nested section is merged over that section's default instance (the parent's
+    default, not the nested class's), so `--set finetune.train.steps=3` keeps finetune's other train values.
+    """
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
         raise RopelabError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(types_)}")
-    return cls(**{k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()})
+    values = {}
+    for f in dataclasses.fields(cls):
+        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
+        if f.name in data:
+            values[f.name] = _coerce(data[f.name], types_[f.name], f"{where}.{f.name}", default)
+        elif defaults is not None:
+            values[f.name] = default
+    return cls(**values)
 
 
 def _apply_override(tree: dict, assignment: str) -> None:

@@ -77,3 +77,17 @@ def test_austen_novels_from_debian_package(tmp_path):
                          "sensesensibility"}
     assert 400_000 < len(docs["persuasion"].text) < 900_000
     assert docs["prideprejudice"].text.count("Elizabeth") > 500
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs Debian's apt-get to fetch bible-kjv")
+def test_king_james_bible_from_debian_packages(tmp_path):
+    from ropelab.data.acquire import kjv_text
+
+    try:
+        text = kjv_text(tmp_path)
+    except RopelabError as exc:
+        pytest.skip(f"package index unavailable here: {exc}")
+    books = {d.name: d for d in parse_kjv_verses(text)}
+    assert len(books) == 66 and books["kjv-ge"].text.startswith("In the beginning God created")
+    assert "Ge1:" not in books["kjv-ge"].text and 4_000_000 < sum(len(d.text) for d in books.values()) < 4_600_000
