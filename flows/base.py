@@ -11,7 +11,7 @@ from tasks.model import describe_model, model_exists, pretrain_base
 
 
 @flow(name="base")
-def base_flow(config: dict, parent_run_id: str | None = None) -> dict:
+def base_flow(config: dict, parent_run_id: str | None = None, refresh: bool = False) -> dict:
     cfg = build(RunConfig, config)
     data = data_flow(config, parent_run_id=parent_run_id)
     with tracking.stage_run("base", cfg, parent_run_id=parent_run_id, data_version=data["md5"],
@@ -20,7 +20,7 @@ def base_flow(config: dict, parent_run_id: str | None = None) -> dict:
             summary = describe_model(cfg.model.source, cfg.model.trust_remote_code)
         else:
             args = (data["md5"], cfg.model, cfg.pretrain, cfg.eval, run_id)
-            summary = pretrain_base(*args, parent_run_id=parent_run_id)
+            summary = pretrain_base.with_options(refresh_cache=refresh)(*args, parent_run_id=parent_run_id)
             if not model_exists(summary):  # cached result whose checkpoint was deleted
                 summary = pretrain_base.with_options(refresh_cache=True)(*args, parent_run_id=parent_run_id)
             # a cache hit skips the task body and its logging: record the summary here

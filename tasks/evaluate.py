@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from ropelab.config import EvalConfig
 from ropelab.data.corpus import CorpusReader
@@ -21,6 +20,7 @@ from ropelab.rope.factors_io import read_rescale_factors, read_rescale_metadata
 from ropelab.rope.hf import rope_basics
 from ropelab.rope.registry import RopeSpec
 from tasks import tracking
+from tasks.caching import cached_on
 from tasks.model import progress_bar
 from tasks.settings import paths
 
@@ -33,8 +33,9 @@ def lambda_methods(files, basics, max_length: int) -> dict:
         spec = RopeSpec("longrope", basics.head_dim, basics.base,
                         factor=float(meta.get("factor", max_length / basics.original_max_position_embeddings)),
                         original_max_position_embeddings=basics.original_max_position_embeddings,
-                        rescale_factors=read_rescale_factors(name), start_tokens=int(meta.get("start_tokens", 0)))
-        methods[f"λ:{Path(name).stem}"] = zoo.fixed(spec)
+                        rescale_factors=read_rescale_factors(name), start_tokens=int(meta.get("start_tokens", 0)),
+                        attention_factor=meta.get("attention_factor"))
+        methods[f"lambda:{Path(name).parent.parent.name}-{Path(name).stem}"] = zoo.fixed(spec)
     return methods
 
 
@@ -51,15 +52,19 @@ def held_out_windows(reader, tokenizer, cfg: EvalConfig, lengths) -> dict[int, t
             for n in lengths}
 
 
-@task(name="evaluate-zoo", cache_policy=(INPUTS - "run_id") + TASK_SOURCE, retries=1, retry_delay_seconds=10)
+@task(name="evaluate-zoo", cache_policy=cached_on("run_id"), retries=1, retry_delay_seconds=10)
 def evaluate_zoo(model_path: str, model_fingerprint: str, data_md5: str, cfg: EvalConfig, lambda_hashes: dict,
-                 run_id: str) -> dict:
-    """PPL grid + passkey grid for the baselines and λ files; writes the report into artifacts/ and MLflow."""
+                 run_id: str, settings: dict | None = None) -> dict:
+    """PPL grid + passkey grid for the baselines, λ files and fixed ``settings`` ({name: {"long": spec dict,
+    "short": spec dict | None}}, e.g. a pipeline's final factor sets); report into artifacts/ and MLflow."""
     model, tokenizer = load_model(model_path)
     basics = rope_basics(model.config)
     lengths = [basics.original_max_position_embeddings * m for m in cfg.length_multipliers]
     methods = {name: zoo.baseline(name) for name in cfg.methods}
     methods.update(lambda_methods(cfg.rescale_factor_files, basics, max(lengths)))
+    for name, pair in (settings or {}).items():
+        short = RopeSpec.from_dict(pair["short"]) if pair.get("short") else None
+        methods[name] = zoo.fixed(RopeSpec.from_dict(pair["long"]), short)
     windows = held_out_windows(CorpusReader(paths().corpus), tokenizer, cfg, lengths)
     out = paths().artifacts / "eval" / f"zoo-{model_fingerprint[:8]}-{int(time.time())}"
     out.mkdir(parents=True)
@@ -84,7 +89,6 @@ def evaluate_zoo(model_path: str, model_fingerprint: str, data_md5: str, cfg: Ev
                 on_trial=lambda m, r: bar.update(pk_job, advance=1, status=f"{m} @ {r.length}"))
     table = zoo.ppl_table(cells)
     report = write_report(out, cells, table, passkey, cfg, basics, data_md5)
-    tracking.log_artifact(run_id, out, "zoo")
     return {"dir": str(out), "table": {m: {str(n): v for n, v in row.items()} for m, row in table.items()},
             "passkey": report["passkey"], "seconds": time.monotonic() - start}
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ropelab.config import EvalConfig, ModelConfig, TrainConfig
@@ -20,6 +19,7 @@ from ropelab.models import build_tiny_llama, fingerprint, load_model, save_model
 from ropelab.train.data import pack_documents
 from ropelab.train.loop import train_causal_lm
 from tasks import tracking
+from tasks.caching import cached_on
 from tasks.settings import paths
 
 LOG_EVERY = 10
@@ -37,7 +37,7 @@ def held_out_ppl(model, reader: CorpusReader, tokenizer, length: int, cfg: EvalC
     return perplexity(model, windows).ppl
 
 
-@task(name="pretrain-base", cache_policy=(INPUTS - "parent_run_id" - "run_id") + TASK_SOURCE, retries=1,
+@task(name="pretrain-base", cache_policy=cached_on("parent_run_id", "run_id"), retries=1,
       retry_delay_seconds=10)
 def pretrain_base(data_md5: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_cfg: EvalConfig,
                   run_id: str, parent_run_id: str | None = None) -> dict:

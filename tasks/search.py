@@ -15,22 +15,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from ropelab.config import SearchConfig
 from ropelab.data.corpus import CorpusReader
+from ropelab.errors import RopelabError
 from ropelab.eval.perplexity import truncated_windows
 from ropelab.eval.plots import plot_search_curves
 from ropelab.models import load_model
 from ropelab.rope.factors_io import write_rescale_factors
-from ropelab.rope.hf import export_hf, rope_basics
+from ropelab.rope.hf import export_hf, rope_basics, specs_from_config
 from ropelab.search.evolution import EvolutionConfig, SearchState, initial_state, next_generation
 from ropelab.search.fitness import batched_fitness
 from ropelab.search.space import CODE_START_TOKENS, PAPER_START_TOKENS, Candidate, SearchSpace, seed_vectors
+from tasks.caching import cached_on
 from tasks.model import progress_bar
 from tasks.settings import paths
 
-POLICY = (INPUTS - "run_id") + TASK_SOURCE
+POLICY = cached_on("run_id")
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,10 +41,26 @@ def cached_model(path: str):
 
 
 def space_for(model, cfg: SearchConfig) -> SearchSpace:
+    """The search space on this model: stage 1 on a base model, stage 2 (product with the model's λ) on a
+    fine-tuned longrope model, or a recovery search of short factors."""
     b = rope_basics(model.config)
     choices = {"none": None, "paper": PAPER_START_TOKENS, "code": CODE_START_TOKENS}[cfg.start_tokens]
-    return SearchSpace(b.head_dim, b.base, cfg.scale, b.original_max_position_embeddings, cfg.bounds,
-                       start_token_choices=choices, max_rescale=cfg.max_rescale or None)
+    common = dict(head_dim=b.head_dim, base=b.base, scale=cfg.scale,
+                  original_max_position_embeddings=b.original_max_position_embeddings, bounds=cfg.bounds,
+                  start_token_choices=choices, max_rescale=cfg.max_rescale or None,
+                  attention_factor=cfg.attention_factor or None)
+    long, _ = specs_from_config(model.config)
+    if cfg.mode == "recovery":
+        if cfg.attention_factor == 0 and long.method == "longrope":
+            common["attention_factor"] = long.compute()[1]  # transformers applies the long set's to short inputs
+        return SearchSpace(**common)
+    if cfg.mode != "extend":
+        raise RopelabError(f"search.mode must be extend or recovery, got {cfg.mode!r}")
+    if long.method != "longrope":
+        return SearchSpace(**common)
+    trained_length = model.config.max_position_embeddings
+    return SearchSpace(**common, reference_length=trained_length, base_rescale=long.rescale_factors,
+                       total_factor=cfg.scale * trained_length / b.original_max_position_embeddings)
 
 
 def evolution_config(cfg: SearchConfig) -> EvolutionConfig:
@@ -54,8 +71,7 @@ def evolution_config(cfg: SearchConfig) -> EvolutionConfig:
 def windows_for(tokenizer, space: SearchSpace, split: str, count: int, seed: int) -> torch.Tensor:
     purpose = "search" if split == "validation" else "evaluate"
     docs = [tokenizer.encode(d.text) for d in CorpusReader(paths().corpus).documents(split, purpose)]
-    length = int(round(space.original_max_position_embeddings * space.scale))
-    return truncated_windows(docs, length, count, tokenizer.bos_token_id, torch.Generator().manual_seed(seed))
+    return truncated_windows(docs, space.target_length, count, tokenizer.bos_token_id, torch.Generator().manual_seed(seed))
 
 
 def search_dir(model_fp: str, data_md5: str, cfg: SearchConfig) -> Path:
@@ -159,11 +175,13 @@ def search_report(model_path: str, model_fp: str, data_md5: str, cfg: SearchConf
                                                     attention_policy=cfg.attention_policy)(list(contenders.values())),
                         strict=True))
     winner = state.best.candidate
-    meta = {"factor": space.scale, "start_tokens": winner.start_tokens,
+    stored = space.stored_factors(winner)
+    meta = {"factor": space.total_factor or space.scale, "search_scale": space.scale, "mode": cfg.mode, "start_tokens": winner.start_tokens,
             "original_max_position_embeddings": space.original_max_position_embeddings,
-            "validation_ppl": state.best.fitness, "test_ppl": test_ppl["winner"], "attention_policy": cfg.attention_policy}
-    lam_json = write_rescale_factors(out / "rescale_factors.json", winner.rescale_factors, **meta)
-    write_rescale_factors(out / "rescale_factors.csv", winner.rescale_factors)
+            "validation_ppl": state.best.fitness, "test_ppl": test_ppl["winner"], "attention_policy": cfg.attention_policy,
+            "attention_factor": space.spec(winner, cfg.attention_policy).compute()[1]}
+    lam_json = write_rescale_factors(out / "rescale_factors.json", stored, **meta, searched=list(winner.rescale_factors))
+    write_rescale_factors(out / "rescale_factors.csv", stored)
     generations = sorted(Path(final["state_path"]).parent.glob("state-*.json"))
     best_curves = [SearchState.from_json(p.read_text()).best.candidate.rescale_factors for p in generations]
     plot_search_curves({k: e.candidate.rescale_factors for k, e in seeds.items()}, best_curves,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -89,8 +90,13 @@ def stage_run(stage: str, config: RunConfig, **kwargs) -> Iterator[str]:
     finish_run(run_id)
 
 
+def metric_name(name: str) -> str:
+    """MLflow accepts alphanumerics, _ - . space : / in metric names; anything else becomes _."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
+
+
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-    entities = [mlflow.entities.Metric(k, float(v), int(mlflow.utils.time.get_current_time_millis()), step or 0)
+    entities = [mlflow.entities.Metric(metric_name(k), float(v), int(mlflow.utils.time.get_current_time_millis()), step or 0)
                 for k, v in metrics.items()]
     client().log_batch(run_id, metrics=entities)
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from ropelab.config import FinetuneConfig
 from ropelab.data.corpus import CorpusReader
@@ -22,6 +21,7 @@ from ropelab.rope.registry import RopeSpec
 from ropelab.train.data import pack_documents
 from ropelab.train.finetune import finetune
 from tasks import tracking
+from tasks.caching import cached_on
 from tasks.model import progress_bar
 from tasks.settings import paths
 
@@ -38,7 +38,7 @@ def finetune_spec(model, cfg: FinetuneConfig) -> RopeSpec:
                     original_max_position_embeddings=b.original_max_position_embeddings,
                     rescale_factors=read_rescale_factors(cfg.rescale_factors_file),
                     start_tokens=int(meta.get("start_tokens", 0)),
-                    attention_policy=meta.get("attention_policy", "su"))
+                    attention_policy=meta.get("attention_policy", "su"), attention_factor=meta.get("attention_factor"))
 
 
 def work_dir(model_fp: str, data_md5: str, cfg: FinetuneConfig, lam_sha: str) -> Path:
@@ -46,7 +46,7 @@ def work_dir(model_fp: str, data_md5: str, cfg: FinetuneConfig, lam_sha: str) ->
     return paths().artifacts / "finetune" / key
 
 
-@task(name="finetune", cache_policy=(INPUTS - "run_id") + TASK_SOURCE, retries=1, retry_delay_seconds=10)
+@task(name="finetune", cache_policy=cached_on("run_id"), retries=1, retry_delay_seconds=10)
 def finetune_model(model_path: str, model_fp: str, data_md5: str, cfg: FinetuneConfig, lam_sha: str,
                    run_id: str) -> dict:
     """Fine-tune; checkpoints every K steps (a killed run resumes); the result is a stock HF directory."""

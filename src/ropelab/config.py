@@ -87,7 +87,13 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    scale: float = doc("target ratio s: the search targets length s·L", 8.0)
+    scale: float = doc("target ratio s: the search targets length s·L (s × the fine-tuned length on a "
+                       "fine-tuned longrope model)", 8.0)
+    mode: str = doc("extend: λ for longer inputs (on a fine-tuned longrope model, multiplied into its λ); "
+                    "recovery: short factors for inputs up to s·L, scored with the model's attention factor",
+                    "extend")
+    attention_factor: float = doc("explicit attention factor for candidates (0: from attention_policy; recovery "
+                                  "uses the model's own when 0)", 0.0)
     bounds: str = doc("λ bounds: paper [1, 1.25·s] or code [1, 1+s]", "paper")
     seeds: str = doc("initial population seeds: paper (PI, NTK, YaRN) or code (one YaRN-factor seed)", "paper")
     start_tokens: str = doc("n̂ search: none (n̂ = 0), paper or code candidate set", "none")
@@ -120,6 +126,20 @@ class FinetuneConfig:
                                                                  warmup_steps=10, checkpoint_every=25))
 
 
+PIPELINE_STAGES = ("base", "search1", "finetune1", "finetune2", "search2", "recovery", "evaluate", "export")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    ratios: tuple[float, ...] = doc("stage-1 search ratios r1, r2 on the base model (paper: 32, 64)", (32.0, 64.0))
+    final_ratio: float = doc("stage-2 search ratio r3 over the fine-tuned length (paper: 8)", 8.0)
+    recovery_ratios: tuple[float, ...] = doc("recovery searches at these multiples of L; the first gives the "
+                                             "exported short factors", (1.0, 2.0))
+    recovery_max_rescale: float = doc("reduced maximum λ for the recovery search", 1.25)
+    first_finetune_steps: int = doc("fine-tuning steps at L·r1 with the r1 factors (paper: 400)", 400)
+    second_finetune_steps: int = doc("fine-tuning steps at L·r2 with the r2 factors (paper: 600)", 600)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     preset: str = doc("name of the preset (recorded as a tag on every run)", "custom")
@@ -130,6 +150,7 @@ class RunConfig:
     eval: EvalConfig = doc("evaluation protocol", default_factory=EvalConfig)
     search: SearchConfig = doc("LongRoPE evolutionary search", default_factory=SearchConfig)
     finetune: FinetuneConfig = doc("fine-tuning with a fixed RoPE at a longer length", default_factory=FinetuneConfig)
+    pipeline: PipelineConfig = doc("the progressive LongRoPE recipe", default_factory=PipelineConfig)
 
 
 # ------------------------------------------------------------------ loading

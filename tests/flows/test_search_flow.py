@@ -50,11 +50,21 @@ def test_report_is_honest_and_the_lambda_valid(searched):
     assert config.rope_parameters["long_factor"] == pytest.approx(lam.tolist())
 
 
+def fitness_cache_rows(searched) -> list[tuple]:
+    folder = Path(searched["dir"]).parents[2] / "fitness-cache"
+    rows = []
+    for path in folder.glob(f"{searched['model']['fingerprint'][:12]}-*.jsonl"):
+        rows += [(path.name, tuple(json.loads(line)["key"]), json.loads(line)["start_tokens"])
+                 for line in path.read_text().splitlines()]
+    return rows
+
+
 def test_rerun_is_all_cache_hits_with_the_same_result(searched):
     from flows.search import search_flow
 
+    before = fitness_cache_rows(searched)
     again = search_flow(to_dict(load_config(CONFIGS / "smoke.yaml")), model=searched["model"])
     assert again["lambda"] == searched["lambda"] and again["test_ppl"] == searched["test_ppl"]
-    fitness_cache = list((Path(searched["dir"]).parents[2] / "fitness-cache").glob("*.jsonl"))
-    lines = sum(len(p.read_text().splitlines()) for p in fitness_cache)
-    assert lines == searched["evaluated"]  # nothing was evaluated twice across both runs
+    after = fitness_cache_rows(searched)
+    assert after == before and len(after) >= searched["evaluated"]  # the rerun evaluated nothing
+    assert len(set(after)) == len(after)  # no candidate was ever evaluated twice

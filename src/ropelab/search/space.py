@@ -45,12 +45,23 @@ class SearchSpace:
     step: float = 0.01
     start_token_choices: tuple[int, ...] | None = None  # None: n̂ is not searched (kept 0)
     max_rescale: float | None = None  # recovery search: a reduced maximum λ
+    # Second-stage search on a fine-tuned model: the scale is relative to reference_length (the fine-tuned
+    # length), every candidate multiplies the model's own λ (base_rescale), and the attention factor follows
+    # the total ratio to the original length (total_factor).
+    reference_length: int | None = None
+    base_rescale: tuple[float, ...] | None = None
+    total_factor: float | None = None
+    attention_factor: float | None = None  # explicit (recovery: the final model's, shared with the long set)
 
     def __post_init__(self) -> None:
         if self.bounds not in BOUNDS:
             raise RopelabError(f"search bounds must be one of {BOUNDS}, got {self.bounds!r}")
         if self.scale < 1:
             raise RopelabError(f"search scale must be >= 1, got {self.scale}")
+
+    @property
+    def target_length(self) -> int:
+        return int(round((self.reference_length or self.original_max_position_embeddings) * self.scale))
 
     @property
     def dims(self) -> int:
@@ -81,12 +92,18 @@ class SearchSpace:
                                                                if self.start_token_choices else 0)
         return Candidate(tuple(float(round(v, 6)) for v in self.snap(values)), n_hat)
 
+    def stored_factors(self, candidate: Candidate) -> tuple[float, ...]:
+        """The factors a model uses: the candidate, times the fine-tuned model's λ in a second stage."""
+        if self.base_rescale is None:
+            return candidate.rescale_factors
+        return tuple(a * b for a, b in zip(candidate.rescale_factors, self.base_rescale, strict=True))
+
     def spec(self, candidate: Candidate, attention_policy: str = "su") -> RopeSpec:
         """The longrope setting a candidate stands for."""
-        return RopeSpec("longrope", self.head_dim, self.base, factor=self.scale,
+        return RopeSpec("longrope", self.head_dim, self.base, factor=self.total_factor or self.scale,
                         original_max_position_embeddings=self.original_max_position_embeddings,
-                        rescale_factors=candidate.rescale_factors, start_tokens=candidate.start_tokens,
-                        attention_policy=attention_policy)
+                        rescale_factors=self.stored_factors(candidate), start_tokens=candidate.start_tokens,
+                        attention_policy=attention_policy, attention_factor=self.attention_factor)
 
 
 def _as_lambda(spec: RopeSpec) -> np.ndarray:
@@ -97,7 +114,8 @@ def _as_lambda(spec: RopeSpec) -> np.ndarray:
 def seed_vectors(space: SearchSpace, variant: str = "paper") -> dict[str, np.ndarray]:
     """Initial λ vectors: paper = PI, NTK and YaRN (inverse-frequency blend); code = the released code's single
     seed, YaRN with the FACTOR blended linearly, λ_i = s·(1 − m_i) + m_i (m = 1 where frequencies are kept)."""
-    s, d, L = space.scale, space.head_dim, space.original_max_position_embeddings
+    s, d = space.scale, space.head_dim
+    L = space.reference_length or space.original_max_position_embeddings  # YaRN's ramp is relative to it
     common = {"head_dim": d, "base": space.base}
     yarn = RopeSpec("yarn", factor=s, original_max_position_embeddings=L, **common)
     if variant == "code":

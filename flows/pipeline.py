@@ -1,0 +1,118 @@
+"""`ropelab pipeline`: the progressive LongRoPE recipe (../shared/algorithms.md §3) as one flow of subflows.
+
+base → search r1, r2 (base model) → fine-tune at L·r1 with the r1 factors, then at L·r2 with the r2 factors →
+search r3 on the fine-tuned model (stored factors = product) → recovery searches at short lengths → evaluation
+of every stage's output → export (short_factor = recovery, long_factor = final). Each stage is cached; a rerun
+recomputes only what changed, `--rerun-from STAGE` recomputes that stage and everything after it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from prefect import flow
+
+from flows.base import base_flow
+from flows.evaluate import file_hashes
+from flows.finetune import finetune_flow
+from flows.search import search_flow
+from ropelab.config import PIPELINE_STAGES, RunConfig, build
+from ropelab.errors import RopelabError
+from tasks import tracking
+from tasks.evaluate import evaluate_zoo
+from tasks.export import export_final, lambda_spec
+
+STAGES = PIPELINE_STAGES
+
+
+def derive(config: dict, **sections) -> dict:
+    """A copy of the config with some sections' fields replaced (each stage's own view of the config)."""
+    out = copy.deepcopy(config)
+    for section, values in sections.items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                out.setdefault(section, {}).setdefault(key, {}).update(value)
+            else:
+                out.setdefault(section, {})[key] = value
+    return out
+
+
+def refresh_from(rerun_from: str | None):
+    if rerun_from is not None and rerun_from not in STAGES:
+        raise RopelabError(f"unknown stage {rerun_from!r}; stages: {', '.join(STAGES)}")
+    return lambda stage: rerun_from is not None and STAGES.index(stage) >= STAGES.index(rerun_from)
+
+
+@flow(name="pipeline")
+def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
+    cfg = build(RunConfig, config)
+    refresh = refresh_from(rerun_from)
+    p, L = cfg.pipeline, cfg.model.context_length
+    r1, r2 = p.ratios
+    with tracking.stage_run("pipeline", cfg) as parent:
+        base = base_flow(config, parent, refresh=refresh("base"))
+        tracking.set_tags(parent, {"data.version": base["data"]["md5"]})
+        stage1 = {r: search_flow(derive(config, search={"scale": r}), parent, model=base, refresh=refresh("search1"))
+                  for r in (r1, r2)}
+        ft1 = finetune_flow(derive(config, finetune={"method": "longrope", "rescale_factors_file": stage1[r1]["lambda"],
+                                                     "train": {"seq_len": int(L * r1), "steps": p.first_finetune_steps}}),
+                            parent, model=base, refresh=refresh("finetune1"))
+        ft2 = finetune_flow(derive(config, finetune={"method": "longrope", "rescale_factors_file": stage1[r2]["lambda"],
+                                                     "train": {"seq_len": int(L * r2), "steps": p.second_finetune_steps}}),
+                            parent, model=ft1, refresh=refresh("finetune2"))
+        stage2 = search_flow(derive(config, search={"scale": p.final_ratio}), parent, model=ft2,
+                             refresh=refresh("search2"))
+        final_long = lambda_spec(stage2["lambda"], ft2["path"])
+        recovery = {r: search_flow(derive(config, search={"scale": r, "mode": "recovery", "start_tokens": "none",
+                                                          "max_rescale": p.recovery_max_rescale,
+                                                          "attention_factor": final_long.get("attention_factor", 0.0)}),
+                                   parent, model=ft2, refresh=refresh("recovery"))
+                    for r in p.recovery_ratios}
+        short = lambda_spec(recovery[p.recovery_ratios[0]]["lambda"], ft2["path"], short_of=final_long)
+        reports = evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, refresh("evaluate"))
+        export = export_final.with_options(refresh_cache=refresh("export"))(
+            ft2["path"], ft2["fingerprint"], final_long, short, f"longrope-{cfg.preset}")
+        summary = write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, reports, export)
+        tracking.log_text(parent, summary, "summary.md")
+        tracking.set_tags(parent, {"export.path": export["path"]})
+    print(summary)
+    return {"export": export, "reports": reports, "run_id": parent, "stage2": stage2, "recovery": recovery,
+            "base": base, "finetuned": ft2}
+
+
+def evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, refresh: bool) -> dict:
+    """Zoo on the base model (baselines + search-only λ) and on the fine-tuned model (progressive λ,
+    with and without the recovery short factors)."""
+    reports = {}
+    base_eval = build(RunConfig, derive(config, eval={"rescale_factor_files": [s["lambda"] for s in stage1.values()]})).eval
+    with tracking.stage_run("evaluate-base", cfg, parent_run_id=parent, data_version=base["data"]["md5"],
+                            consumed={"base": base["run_id"]}) as run_id:
+        reports["base"] = evaluate_zoo.with_options(refresh_cache=refresh)(
+            base["path"], base["fingerprint"], base["data"]["md5"], base_eval,
+            file_hashes(base_eval.rescale_factor_files), run_id)
+        tracking.log_artifact(run_id, Path(reports["base"]["dir"]), "zoo")
+    tuned_eval = build(RunConfig, derive(config, eval={"methods": [], "rescale_factor_files": []})).eval
+    settings = {"progressive": {"long": final_long, "short": None},
+                "progressive_recovery": {"long": final_long, "short": short}}
+    with tracking.stage_run("evaluate-finetuned", cfg, parent_run_id=parent, data_version=base["data"]["md5"],
+                            consumed={"finetuned": ft2["run_id"]}) as run_id:
+        reports["finetuned"] = evaluate_zoo.with_options(refresh_cache=refresh)(
+            ft2["path"], ft2["fingerprint"], base["data"]["md5"], tuned_eval, {}, run_id, settings)
+        tracking.log_artifact(run_id, Path(reports["finetuned"]["dir"]), "zoo")
+    return reports
+
+
+def write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, reports, export) -> str:
+    lines = [f"# ropelab pipeline: {cfg.preset}", "",
+             f"- data version `{base['data']['md5']}`; base model `{base['path']}`",
+             *[f"- search {r:g}× on the base model: test PPL {s['test_ppl']['winner']:.3f} "
+               f"(best seed {min(v for k, v in s['test_ppl'].items() if k != 'winner'):.3f})" for r, s in stage1.items()],
+             f"- fine-tuned: `{ft1['path']}` → `{ft2['path']}` (final loss {ft2['final_loss']:.3f})",
+             f"- search {cfg.pipeline.final_ratio:g}× on the fine-tuned model: test PPL {stage2['test_ppl']['winner']:.3f}",
+             *[f"- recovery {r:g}×: test PPL {s['test_ppl']['winner']:.3f}" for r, s in recovery.items()],
+             f"- export: `{export['path']}`" + (f" (lossy: {'; '.join(export['lossy'])})" if export["lossy"] else ""),
+             ""]
+    for name, report in reports.items():
+        lines += [f"## {name} model", "", Path(report["dir"], "zoo.md").read_text(), ""]
+    return "\n".join(lines)

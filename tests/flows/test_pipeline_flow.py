@@ -1,0 +1,98 @@
+"""The whole progressive pipeline on the smoke preset: stages chained, cached, rerun from a stage, exported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from ropelab.config import load_config, to_dict
+from ropelab.rope.hf import install_rope, load_export_specs
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+pytestmark = pytest.mark.slow
+
+
+def snapshot() -> dict:
+    """What the stages have produced on disk (directories per kind, fitness evaluations)."""
+    from tasks.settings import paths
+
+    art = paths().artifacts
+    dirs = {kind: sorted(p.name for p in (art / kind).iterdir()) if (art / kind).exists() else []
+            for kind in ("models", "finetune", "eval", "exports", "search")}
+    dirs["fitness"] = sum(len(p.read_text().splitlines()) for p in (art / "fitness-cache").glob("*.jsonl"))
+    dirs["written"] = {str(p.parent.parent.name): (json.loads(p.read_text())["mode"], p.stat().st_mtime_ns)
+                       for p in (art / "search").glob("*/result/rescale_factors.json")}
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def first():
+    from flows.pipeline import pipeline_flow
+
+    result = pipeline_flow(to_dict(load_config(CONFIGS / "smoke.yaml")))
+    return result, snapshot()
+
+
+def test_every_stage_ran_and_is_recorded(first):
+    from tasks import tracking
+
+    result, _ = first
+    client = tracking.client()
+    parent = client.get_run(result["run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    stages = {r.data.tags["ropelab.stage"] for r in children}
+    assert {"base", "search-2x", "search-4x", "finetune-128", "finetune-256", "recovery-1x", "recovery-2x",
+            "evaluate-base", "evaluate-finetuned"} <= stages
+    assert all(r.data.tags["data.version"] == result["base"]["data"]["md5"] for r in children)
+    assert "summary.md" in {a.path for a in client.list_artifacts(result["run_id"])}
+
+
+def test_export_reloads_in_stock_transformers_with_equal_logits(first):
+    result, _ = first
+    path = result["export"]["path"]
+    stock = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert stock.config.rope_parameters["rope_type"] == "longrope"
+    long, short = load_export_specs(path)
+    assert bool(result["export"]["lossy"]) == bool(long.start_tokens or (short and short.start_tokens))
+    ours = AutoModelForCausalLM.from_pretrained(path).eval()
+    install_rope(ours, long.replace(start_tokens=0), short.replace(start_tokens=0) if short else None)  # n̂: lossy
+    for length in (32, 64, 300):
+        ids = torch.randint(0, 256, (1, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            assert (stock(ids).logits - ours(ids).logits).abs().max().item() <= 1e-5
+
+
+def test_second_run_is_all_cache_hits(first):
+    from flows.pipeline import pipeline_flow
+
+    result, before = first
+    again = pipeline_flow(to_dict(load_config(CONFIGS / "smoke.yaml")))
+    assert snapshot() == before  # no stage produced anything new, no candidate evaluated again
+    assert again["export"] == result["export"]
+
+
+def test_rerun_from_recovery_recomputes_it_and_downstream_only(first):
+    from flows.pipeline import pipeline_flow
+
+    _, before = first
+    pipeline_flow(to_dict(load_config(CONFIGS / "smoke.yaml")), rerun_from="recovery")
+    after = snapshot()
+    assert after["models"] == before["models"] and after["finetune"] == before["finetune"]
+    assert len(after["eval"]) == len(before["eval"]) + 2  # both evaluations ran again
+    assert after["fitness"] == before["fitness"]  # …answered by the fitness cache: never paid twice
+    for name, (mode, written) in after["written"].items():
+        rewritten = written != before["written"][name][1]
+        assert rewritten == (mode == "recovery"), name
+
+
+def test_unknown_rerun_stage_is_a_clear_error():
+    from flows.pipeline import refresh_from
+    from ropelab.errors import RopelabError
+
+    with pytest.raises(RopelabError, match="stages: base, search1"):
+        refresh_from("warmup")
