@@ -43,6 +43,11 @@ def run_flow(args) -> int:
     config = load_config(args.config, args.overrides)  # errors before any flow machinery starts
     if args.refresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    if getattr(args, "dry_run", False):
+        from ropelab.plan import pipeline_plan
+
+        print("\n".join(pipeline_plan(config)))
+        return 0
     module, name, _ = FLOWS[args.command]
     flow = getattr(importlib.import_module(module), name)
     if args.command == "pipeline":
@@ -76,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         if command == "pipeline":
             sub.add_argument("--rerun-from", choices=PIPELINE_STAGES, default=None,
                              help="recompute this stage and everything after it (cached stages before it are reused)")
+            sub.add_argument("--dry-run", action="store_true",
+                             help="resolve the config, print the stage plan and a memory estimate; load nothing")
     config = commands.add_parser("config", help="print the resolved config, or every field with its meaning")
     _add_config_flags(config)
     config.add_argument("--explain", action="store_true", help="list every field, its default and its meaning")

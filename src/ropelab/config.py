@@ -50,6 +50,7 @@ class ModelConfig:
     intermediate_size: int = doc("tiny model: SwiGLU inner size", 688)
     rope_theta: float = doc("tiny model: RoPE base θ", 10000.0)
     context_length: int = doc("tiny model: pretraining context L (original_max_position_embeddings)", 256)
+    vocab_size: int = doc("vocabulary size (real models: used by the dry-run memory estimate only)", 260)
     trust_remote_code: bool = doc("local HF models: allow custom modeling code (off: stock transformers only)",
                                   False)
 

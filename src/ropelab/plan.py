@@ -1,0 +1,67 @@
+"""A pipeline's plan and rough memory estimate, from the config alone (no weights, no data): the dry run
+for paper-scale presets on GPUs."""
+
+from __future__ import annotations
+
+from ropelab.config import RunConfig, SearchConfig
+
+GIB = 1024**3
+
+
+def parameter_count(cfg: RunConfig) -> int:
+    """Llama-family parameters: attention 4h², SwiGLU 3·h·i per layer; embeddings and head untied."""
+    m = cfg.model
+    per_layer = 4 * m.hidden_size**2 + 3 * m.hidden_size * m.intermediate_size
+    return m.num_hidden_layers * per_layer + 2 * m.vocab_size * m.hidden_size
+
+
+def search_candidates(s: SearchConfig) -> int:
+    def scaled(n: int) -> int:
+        return max(1, round(n * s.evo_scale))
+
+    return scaled(s.population) + s.iterations * (scaled(s.mutations) + scaled(s.crossovers))
+
+
+def forward_memory_gib(cfg: RunConfig, length: int, bytes_per_weight: int = 2) -> float:
+    """bf16 weights + fp32 logits of one sequence (scored in full) + transient activations (sdpa, no cache)."""
+    m = cfg.model
+    weights = parameter_count(cfg) * bytes_per_weight
+    logits = length * m.vocab_size * 4
+    activations = 8 * length * max(m.hidden_size, m.intermediate_size) * bytes_per_weight
+    return (weights + logits + activations) / GIB
+
+
+def finetune_memory_gib(cfg: RunConfig, seq_len: int) -> float:
+    """Mixed-precision AdamW (16 bytes/parameter, before sharding) + checkpointed activations."""
+    m = cfg.model
+    states = parameter_count(cfg) * 16
+    activations = 2 * seq_len * m.hidden_size * m.num_hidden_layers * 2 * cfg.finetune.train.batch_size
+    return (states + activations) / GIB
+
+
+def pipeline_plan(cfg: RunConfig) -> list[str]:
+    p, L, s = cfg.pipeline, cfg.model.context_length, cfg.search
+    r1, r2 = p.ratios
+    lines = [f"preset {cfg.preset}: model {cfg.model.source} ({parameter_count(cfg) / 1e9:.2f} B parameters, "
+             f"L = {L}); data {', '.join(cfg.data.sources)}"]
+
+    def search_line(name: str, length: int) -> str:
+        n = search_candidates(s)
+        return (f"{name:<26} length {length:>9,}  {n} candidates × {s.num_windows} windows = "
+                f"{n * s.num_windows * length / 1e9:.2f} G tokens forward; peak ≈ "
+                f"{forward_memory_gib(cfg, length):.0f} GiB per sequence")
+
+    def tune_line(name: str, seq_len: int, steps: int) -> str:
+        t = cfg.finetune.train
+        tokens = steps * t.batch_size * t.grad_accum * seq_len
+        return (f"{name:<26} length {seq_len:>9,}  {steps} steps, {tokens / 1e9:.2f} G tokens; optimiser + "
+                f"activations ≈ {finetune_memory_gib(cfg, seq_len):.0f} GiB before sharding (FSDP)")
+
+    lines += [search_line(f"search {r1:g}× (base)", int(L * r1)), search_line(f"search {r2:g}× (base)", int(L * r2)),
+              tune_line(f"fine-tune {r1:g}×", int(L * r1), p.first_finetune_steps),
+              tune_line(f"fine-tune {r2:g}×", int(L * r2), p.second_finetune_steps),
+              search_line(f"search {p.final_ratio:g}× (fine-tuned)", int(L * r2 * p.final_ratio))]
+    lines += [search_line(f"recovery {r:g}×", int(L * r)) for r in p.recovery_ratios]
+    lines.append(f"{'evaluate':<26} lengths {', '.join(f'{L * m:,}' for m in cfg.eval.length_multipliers)}; "
+                 f"{cfg.eval.num_windows} windows each")
+    return lines
