@@ -29,9 +29,11 @@ from ropelab.search.fitness import batched_fitness
 from ropelab.search.space import CODE_START_TOKENS, PAPER_START_TOKENS, Candidate, SearchSpace, seed_vectors
 from tasks.caching import cached_on
 from tasks.model import progress_bar
+from tasks.retries import out_of_memory_is_final, transient_only
 from tasks.settings import paths
 
 POLICY = cached_on("run_id")
+OOM_HINT = "lower search.tokens_per_batch (one window per forward at most) or search.num_windows"
 
 
 @functools.lru_cache(maxsize=1)
@@ -139,25 +141,29 @@ def _save_state(state: SearchState, directory: Path) -> dict:
             "best_rescale_factors": list(state.best.candidate.rescale_factors)}
 
 
-@task(name="search-init", cache_policy=POLICY, retries=2, retry_delay_seconds=10)
+@task(name="search-init", cache_policy=POLICY, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=transient_only)
 def search_init(model_path: str, model_fp: str, data_md5: str, cfg: SearchConfig) -> dict:
     """The seeded initial population, evaluated (generation 0)."""
     with progress_bar() as bar:
         job = bar.add_task("search: initial population", total=None, status="")
         space, fitness = _fitness(model_path, model_fp, data_md5, cfg, (bar, job))
         rng = np.random.default_rng(cfg.seed)
-        state = initial_state(fitness, space, evolution_config(cfg), rng, seed_vectors(space, cfg.seeds))
+        with out_of_memory_is_final("search", space.target_length, OOM_HINT):
+            state = initial_state(fitness, space, evolution_config(cfg), rng, seed_vectors(space, cfg.seeds))
     return _save_state(state, search_dir(model_fp, data_md5, cfg))
 
 
-@task(name="search-generation", cache_policy=POLICY, retries=2, retry_delay_seconds=10)
+@task(name="search-generation", cache_policy=POLICY, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=transient_only)
 def search_generation(model_path: str, model_fp: str, data_md5: str, cfg: SearchConfig, previous: dict) -> dict:
     """One generation from the previous state file (its hash is part of the cache key)."""
     state = SearchState.from_json(Path(previous["state_path"]).read_text())
     with progress_bar() as bar:
         job = bar.add_task(f"search: generation {state.generation + 1}", total=None, status="")
         space, fitness = _fitness(model_path, model_fp, data_md5, cfg, (bar, job))
-        state = next_generation(state, fitness, space, evolution_config(cfg))
+        with out_of_memory_is_final("search", space.target_length, OOM_HINT):
+            state = next_generation(state, fitness, space, evolution_config(cfg))
     return _save_state(state, search_dir(model_fp, data_md5, cfg))
 
 

@@ -23,6 +23,7 @@ from ropelab.train.finetune import finetune
 from tasks import tracking
 from tasks.caching import cached_on
 from tasks.model import progress_bar
+from tasks.retries import out_of_memory_is_final, transient_only
 from tasks.settings import paths
 
 
@@ -46,7 +47,8 @@ def work_dir(model_fp: str, data_md5: str, cfg: FinetuneConfig, lam_sha: str) ->
     return paths().artifacts / "finetune" / key
 
 
-@task(name="finetune", cache_policy=cached_on("run_id"), retries=1, retry_delay_seconds=10)
+@task(name="finetune", cache_policy=cached_on("run_id"), retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=transient_only)
 def finetune_model(model_path: str, model_fp: str, data_md5: str, cfg: FinetuneConfig, lam_sha: str,
                    run_id: str) -> dict:
     """Fine-tune; checkpoints every K steps (a killed run resumes); the result is a stock HF directory."""
@@ -65,15 +67,10 @@ def finetune_model(model_path: str, model_fp: str, data_md5: str, cfg: FinetuneC
             bar.update(job, completed=rec.step + 1, status=f"loss {rec.loss:.3f}")
             tracking.log_metrics(run_id, {"finetune/loss": rec.loss, "finetune/lr": rec.lr}, rec.step)
 
-        try:
+        with out_of_memory_is_final("fine-tuning", train.seq_len,
+                                    "lower finetune.train.batch_size and raise grad_accum, or shard with FSDP"):
             history = finetune(model, blocks, long, train, only_beyond_original=cfg.only_beyond_original,
                                on_step=on_step, checkpoint_dir=directory / "checkpoint")
-        except RuntimeError as exc:  # CUDA/CPU out of memory: say where, never retry blindly
-            if "out of memory" in str(exc).lower():
-                raise RopelabError(f"fine-tuning ran out of memory at sequence length {train.seq_len} "
-                                   f"(batch {train.batch_size}): lower finetune.train.batch_size or raise "
-                                   "grad_accum") from None
-            raise
     short = base_spec(model.config) if cfg.only_beyond_original else None
     report = export_hf(model, directory / "model", long, short, tokenizer=tokenizer,
                        provenance={"base_model": model_path, "data_version": data_md5})

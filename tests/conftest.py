@@ -19,6 +19,7 @@ os.environ.pop("PREFECT_API_URL", None)
 import pytest  # noqa: E402, I001  (after the environment above)
 
 import ropelab  # noqa: E402, F401  (sets the offline environment first)
+import tasks  # noqa: E402, F401  (Prefect/MLflow settings before any test module imports prefect)
 
 NETWORK_ATTEMPTS: list[str] = []
 _real_connect, _real_connect_ex = socket.socket.connect, socket.socket.connect_ex
