@@ -11,6 +11,7 @@ from prefect import task
 
 from ropelab.config import EvalConfig
 from ropelab.data.corpus import CorpusReader
+from ropelab.errors import RopelabError
 from ropelab.eval import zoo
 from ropelab.eval.passkey import min_prompt_length
 from ropelab.eval.perplexity import sliding_stretches, truncated_windows
@@ -40,15 +41,13 @@ def lambda_methods(files, basics, max_length: int) -> dict:
 
 
 def held_out_windows(reader, tokenizer, cfg: EvalConfig, lengths) -> dict[int, torch.Tensor]:
-    docs = [tokenizer.encode(d.text) for d in reader.documents(cfg.split, "evaluate")]
-    make = truncated_windows if cfg.protocol == "truncated" else sliding_stretches
+    """Windows per length from the held-out split: truncated windows, or sliding stretches of twice the
+    window (so every window after the first scores `stride` new tokens)."""
     if cfg.protocol not in ("truncated", "sliding"):
-        from ropelab.errors import RopelabError
-
         raise RopelabError(f"eval.protocol must be truncated or sliding, got {cfg.protocol!r}")
-    # sliding: stretches twice the window, so every window after the first scores `stride` new tokens
-    span = (lambda n: n) if cfg.protocol == "truncated" else (lambda n: 2 * n)
-    return {n: make(docs, span(n), cfg.num_windows, tokenizer.bos_token_id, torch.Generator().manual_seed(cfg.seed))
+    docs = [tokenizer.encode(d.text) for d in reader.documents(cfg.split, "evaluate")]
+    make, span = ((truncated_windows, 1) if cfg.protocol == "truncated" else (sliding_stretches, 2))
+    return {n: make(docs, span * n, cfg.num_windows, tokenizer.bos_token_id, torch.Generator().manual_seed(cfg.seed))
             for n in lengths}
 
 
