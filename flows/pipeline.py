@@ -38,6 +38,11 @@ def derive(config: dict, **sections) -> dict:
     return out
 
 
+def overrides(**values) -> dict:
+    """Per-stage search settings; 0 means "as in the search section"."""
+    return {k: v for k, v in values.items() if v}
+
+
 def refresh_from(rerun_from: str | None):
     if rerun_from is not None and rerun_from not in STAGES:
         raise RopelabError(f"unknown stage {rerun_from!r}; stages: {', '.join(STAGES)}")
@@ -61,10 +66,12 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
         ft2 = finetune_flow(derive(config, finetune={"method": "longrope", "rescale_factors_file": stage1[r2]["lambda"],
                                                      "train": {"seq_len": int(L * r2), "steps": p.second_finetune_steps}}),
                             parent, model=ft1, refresh=refresh("finetune2"))
-        stage2 = search_flow(derive(config, search={"scale": p.final_ratio}), parent, model=ft2,
-                             refresh=refresh("search2"))
+        stage2 = search_flow(derive(config, search={"scale": p.final_ratio, **overrides(
+                                 iterations=p.final_search_iterations, evo_scale=p.final_search_evo_scale)}),
+                             parent, model=ft2, refresh=refresh("search2"))
         final_long = lambda_spec(stage2["lambda"], ft2["path"])
         recovery = {r: search_flow(derive(config, search={"scale": r, "mode": "recovery", "start_tokens": "none",
+                                                          **overrides(iterations=p.recovery_iterations),
                                                           "max_rescale": p.recovery_max_rescale,
                                                           "attention_factor": final_long.get("attention_factor", 0.0)}),
                                    parent, model=ft2, refresh=refresh("recovery"))

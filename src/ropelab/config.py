@@ -137,6 +137,10 @@ class PipelineConfig:
     recovery_ratios: tuple[float, ...] = doc("recovery searches at these multiples of L; the first gives the "
                                              "exported short factors", (1.0, 2.0))
     recovery_max_rescale: float = doc("reduced maximum λ for the recovery search", 1.25)
+    final_search_iterations: int = doc("generations of the stage-2 search (0: search.iterations); its fitness "
+                                       "runs at the longest length, so small presets make it cheaper", 0)
+    final_search_evo_scale: float = doc("evo_scale of the stage-2 search (0: search.evo_scale)", 0.0)
+    recovery_iterations: int = doc("generations of the recovery searches (0: search.iterations)", 0)
     first_finetune_steps: int = doc("fine-tuning steps at L·r1 with the r1 factors (paper: 400)", 400)
     second_finetune_steps: int = doc("fine-tuning steps at L·r2 with the r2 factors (paper: 600)", 600)
 

@@ -52,6 +52,14 @@ def test_every_stage_ran_and_is_recorded(first):
     assert "summary.md" in {a.path for a in client.list_artifacts(result["run_id"])}
 
 
+def test_stage_two_search_takes_its_own_iteration_count(first):
+    from tasks import tracking
+
+    result, _ = first
+    generations = tracking.client().list_artifacts(result["stage2"]["run_id"], "generations")
+    assert len(generations) == 1 + 2  # initial population + pipeline.final_search_iterations (search: 3)
+
+
 def test_export_reloads_in_stock_transformers_with_equal_logits(first):
     result, _ = first
     path = result["export"]["path"]
