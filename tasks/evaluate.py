@@ -17,7 +17,7 @@ from ropelab.eval.passkey import min_prompt_length
 from ropelab.eval.perplexity import sliding_stretches, truncated_windows
 from ropelab.eval.plots import plot_passkey_heatmap, plot_ppl_vs_length
 from ropelab.models import load_model
-from ropelab.rope.factors_io import read_rescale_factors, read_rescale_metadata
+from ropelab.rope.factors_io import read_rescale_spec
 from ropelab.rope.hf import rope_basics
 from ropelab.rope.registry import RopeSpec
 from tasks import tracking
@@ -28,16 +28,10 @@ from tasks.settings import paths
 
 def lambda_methods(files, basics, max_length: int) -> dict:
     """Zoo entries for λ files: longrope with the file's factor (else the largest evaluated ratio)."""
-    methods = {}
-    for name in files:
-        meta = read_rescale_metadata(name)
-        spec = RopeSpec("longrope", basics.head_dim, basics.base,
-                        factor=float(meta.get("factor", max_length / basics.original_max_position_embeddings)),
-                        original_max_position_embeddings=basics.original_max_position_embeddings,
-                        rescale_factors=read_rescale_factors(name), start_tokens=int(meta.get("start_tokens", 0)),
-                        attention_factor=meta.get("attention_factor"))
-        methods[f"lambda:{Path(name).parent.parent.name}-{Path(name).stem}"] = zoo.fixed(spec)
-    return methods
+    return {f"lambda:{Path(name).parent.parent.name}-{Path(name).stem}": zoo.fixed(read_rescale_spec(
+        name, head_dim=basics.head_dim, base=basics.base,
+        original_max_position_embeddings=basics.original_max_position_embeddings,
+        default_factor=max_length / basics.original_max_position_embeddings)) for name in files}
 
 
 def held_out_windows(reader, tokenizer, cfg: EvalConfig, lengths) -> dict[int, torch.Tensor]:

@@ -27,14 +27,13 @@ def lambda_spec(lambda_path: str, model_path: str, short_of: dict | None = None)
     ``short_of``: the long spec whose attention factor a short set shares (transformers' rule)."""
     from transformers import AutoConfig
 
-    from ropelab.rope.factors_io import read_rescale_factors, read_rescale_metadata
+    from ropelab.rope.factors_io import read_rescale_spec
     from ropelab.rope.hf import rope_basics
 
     b = rope_basics(AutoConfig.from_pretrained(model_path))
-    meta = read_rescale_metadata(lambda_path)
-    long = RopeSpec.from_dict(short_of) if short_of else None
-    spec = RopeSpec("longrope", b.head_dim, b.base, factor=long.factor if long else float(meta["factor"]),
-                    original_max_position_embeddings=b.original_max_position_embeddings,
-                    rescale_factors=read_rescale_factors(lambda_path), start_tokens=int(meta.get("start_tokens", 0)),
-                    attention_factor=long.compute()[1] if long else meta.get("attention_factor"))
+    spec = read_rescale_spec(lambda_path, head_dim=b.head_dim, base=b.base,
+                             original_max_position_embeddings=b.original_max_position_embeddings, default_factor=1.0)
+    if short_of:  # a short set keeps the long set's factor and attention factor (transformers' rule)
+        long = RopeSpec.from_dict(short_of)
+        spec = spec.replace(factor=long.factor, attention_factor=long.compute()[1])
     return spec.to_dict()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -87,7 +86,3 @@ def describe_model(path: str, trust_remote_code: bool) -> dict:
 
 def model_exists(summary: dict) -> bool:
     return Path(summary["path"]).is_dir() and (Path(summary["path"]) / "config.json").exists()
-
-
-def remove(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)

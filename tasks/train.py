@@ -15,7 +15,7 @@ from ropelab.data.corpus import CorpusReader
 from ropelab.errors import RopelabError
 from ropelab.eval import zoo
 from ropelab.models import fingerprint, load_model
-from ropelab.rope.factors_io import read_rescale_factors, read_rescale_metadata
+from ropelab.rope.factors_io import read_rescale_spec
 from ropelab.rope.hf import base_spec, export_hf, rope_basics
 from ropelab.rope.registry import RopeSpec
 from ropelab.train.data import pack_documents
@@ -34,12 +34,9 @@ def finetune_spec(model, cfg: FinetuneConfig) -> RopeSpec:
         return zoo.baseline(cfg.method)(length, b)[0]  # unknown names raise, listing the baselines
     if not cfg.rescale_factors_file:
         raise RopelabError("finetune.method longrope needs finetune.rescale_factors_file (a search's λ file)")
-    meta = read_rescale_metadata(cfg.rescale_factors_file)
-    return RopeSpec("longrope", b.head_dim, b.base, factor=float(meta.get("factor", cfg.scale)),
-                    original_max_position_embeddings=b.original_max_position_embeddings,
-                    rescale_factors=read_rescale_factors(cfg.rescale_factors_file),
-                    start_tokens=int(meta.get("start_tokens", 0)),
-                    attention_policy=meta.get("attention_policy", "su"), attention_factor=meta.get("attention_factor"))
+    return read_rescale_spec(cfg.rescale_factors_file, head_dim=b.head_dim, base=b.base,
+                             original_max_position_embeddings=b.original_max_position_embeddings,
+                             default_factor=cfg.scale)
 
 
 def work_dir(model_fp: str, data_md5: str, cfg: FinetuneConfig, lam_sha: str) -> Path:

@@ -206,3 +206,17 @@ def test_spec_roundtrips_through_dict():
     assert RopeSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(RopelabError, match="unknown RoPE spec keys"):
         RopeSpec.from_dict({**spec.to_dict(), "facter": 2})
+
+
+def test_lambda_file_with_metadata_becomes_the_recorded_setting(tmp_path):
+    from ropelab.rope.factors_io import read_rescale_spec, write_rescale_factors
+
+    lam = [1.0 + i / 10 for i in range(D // 2)]
+    path = write_rescale_factors(tmp_path / "l.json", lam, factor=16.0, start_tokens=4, attention_factor=1.3)
+    spec = read_rescale_spec(path, head_dim=D, base=BASE, original_max_position_embeddings=L, default_factor=2.0)
+    assert (spec.factor, spec.start_tokens, spec.compute()[1]) == (16.0, 4, 1.3)
+    assert spec.rescale_factors == pytest.approx(lam)
+    plain = write_rescale_factors(tmp_path / "l.txt", lam)
+    spec = read_rescale_spec(plain, head_dim=D, base=BASE, original_max_position_embeddings=L, default_factor=2.0)
+    assert spec.factor == 2.0 and spec.start_tokens == 0
+    assert spec.compute()[1] == pytest.approx(math.sqrt(1 + math.log(2.0) / math.log(L)))

@@ -47,6 +47,19 @@ def read_rescale_metadata(path: str | Path) -> dict:
     return {k: v for k, v in json.loads(text).items() if k not in JSON_KEYS}
 
 
+def read_rescale_spec(path: str | Path, *, head_dim: int, base: float, original_max_position_embeddings: int,
+                      default_factor: float):
+    """The longrope setting a λ file stands for: λ plus the factor, n̂, attention factor/policy recorded with it
+    (a search writes them); ``default_factor`` when the file records none (plain lists)."""
+    from ropelab.rope.registry import RopeSpec
+
+    meta = read_rescale_metadata(path)
+    return RopeSpec("longrope", head_dim, base, factor=float(meta.get("factor", default_factor)),
+                    original_max_position_embeddings=original_max_position_embeddings,
+                    rescale_factors=read_rescale_factors(path), start_tokens=int(meta.get("start_tokens", 0)),
+                    attention_policy=meta.get("attention_policy", "su"), attention_factor=meta.get("attention_factor"))
+
+
 def write_rescale_factors(path: str | Path, factors: Sequence[float], **metadata) -> Path:
     """Write λ as JSON ({'rescale_factors': [...], **metadata}); '.txt'/'.csv' give one value per line."""
     path = Path(path)
