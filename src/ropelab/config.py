@@ -127,6 +127,25 @@ class FinetuneConfig:
                                                                  warmup_steps=10, checkpoint_every=25))
 
 
+@dataclass(frozen=True)
+class ClexConfig:
+    max_t: int = doc("largest scale t: trained on t ∈ {1..max_t}, served up to max_t·L (paper: 16)", 16)
+    time_dt: float = doc("RK4 step of the ODE solver (reference 0.01; smaller is slower, not more accurate "
+                         "in practice)", 0.01)
+    amplification: int = doc("amplification factor k of the ODE's FFN (k·d² parameters)", 1)
+    activation: str = doc("FFN activation: tanh (reference code) or silu (released 7B config)", "tanh")
+    positions: str = doc("training positions: random (sorted random subset of [0, t·L), reference) or uniform",
+                         "random")
+    log_scale: bool = doc("multiply queries by log(n)/log(L) beyond L", False)
+    ode_only: bool = doc("train only the ODE, the model frozen", False)
+    backend: str = doc("ODE solver: rk4 (built in) or torchdiffeq (optional extra ropelab[ode]); equal results",
+                       "rk4")
+    compare_pi_scale: float = doc("also fine-tune PI at this scale on the same tokens for comparison (0: off)", 4.0)
+    train: TrainConfig = doc("optimisation (seq_len = the training length; the paper trains at L)",
+                             default_factory=lambda: TrainConfig(steps=200, batch_size=8, seq_len=4096, lr=2e-5,
+                                                                 warmup_steps=10, checkpoint_every=50))
+
+
 PIPELINE_STAGES = ("base", "search1", "finetune1", "finetune2", "search2", "recovery", "evaluate", "export")
 
 
@@ -156,6 +175,7 @@ class RunConfig:
     search: SearchConfig = doc("LongRoPE evolutionary search", default_factory=SearchConfig)
     finetune: FinetuneConfig = doc("fine-tuning with a fixed RoPE at a longer length", default_factory=FinetuneConfig)
     pipeline: PipelineConfig = doc("the progressive LongRoPE recipe", default_factory=PipelineConfig)
+    clex: ClexConfig = doc("CLEX: neural-ODE continuous RoPE scaling", default_factory=ClexConfig)
 
 
 # ------------------------------------------------------------------ loading

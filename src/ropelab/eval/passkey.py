@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ropelab.errors import RopelabError
+from ropelab.rope.hf import greedy_generate, rotary_module
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
@@ -76,9 +77,14 @@ def first_integer(text: str) -> int | None:
 
 @torch.no_grad()
 def greedy_continuation(model, ids: Sequence[int], max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
-    """Greedy decoding with the KV cache (the model's installed RoPE is used for every position)."""
+    """Greedy decoding with the KV cache (the model's installed RoPE is used for every position).
+
+    A rotary module whose setting changes with the length (CLEX) decodes through ``greedy_generate``, which
+    rebuilds the cache when the setting changes; others use transformers' ``generate``."""
     device = next(model.parameters()).device
     inputs = torch.tensor([list(ids)], device=device)
+    if hasattr(rotary_module(model), "setting_for_length"):
+        return greedy_generate(model, inputs, max_new_tokens)
     out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=model.config.pad_token_id or 0)
     return out[0, inputs.shape[1]:].tolist()

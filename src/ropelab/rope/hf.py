@@ -151,12 +151,22 @@ class PerRowRotaryEmbedding(nn.Module):
 def install_per_row_rope(model: nn.Module) -> PerRowRotaryEmbedding:
     """Replace the rotary module by a per-row one (uninstall_rope restores the original)."""
     basics = rope_basics(model.config)
+    return install_rotary(model, PerRowRotaryEmbedding(basics.head_dim, basics.base))
+
+
+def install_rotary(model: nn.Module, module: nn.Module) -> nn.Module:
+    """Make ``module`` (forward(x, position_ids) -> (cos, sin)) the model's rotary module; uninstall_rope
+    restores the one the model was loaded with. The module becomes a submodule: its parameters (CLEX's ODE)
+    train with the model and appear in its state_dict."""
     owner = _rotary_owner(model)
-    module = PerRowRotaryEmbedding(basics.head_dim, basics.base)
     previous = owner.rotary_emb
-    module.__dict__["replaced"] = getattr(previous, "replaced", previous)
-    owner.rotary_emb = module
+    module.__dict__["replaced"] = getattr(previous, "replaced", previous)  # plain attribute: not a submodule
+    owner.rotary_emb = module.to(next(model.parameters()).device)
     return module
+
+
+def rotary_module(model: nn.Module) -> nn.Module:
+    return _rotary_owner(model).rotary_emb
 
 
 def check_compatible(spec: RopeSpec, basics: RopeBasics) -> None:
@@ -172,13 +182,45 @@ def install_rope(model: nn.Module, long: RopeSpec, short: RopeSpec | None = None
     for spec in (long, short):
         if spec is not None:
             check_compatible(spec, basics)
-    owner = _rotary_owner(model)
     switch = long.original_max_position_embeddings or basics.original_max_position_embeddings
-    module = RopelabRotaryEmbedding(long, short, switch if short is not None else None)
-    previous = owner.rotary_emb
-    module.__dict__["replaced"] = getattr(previous, "replaced", previous)  # plain attribute: not a submodule
-    owner.rotary_emb = module.to(next(model.parameters()).device)
-    return module
+    return install_rotary(model, RopelabRotaryEmbedding(long, short, switch if short is not None else None))
+
+
+@torch.no_grad()
+def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
+                    eos_token_id: int | None = None, step_logits: list | None = None) -> list[int]:
+    """Greedy decoding with a key/value cache that stays exact when the RoPE setting changes with the length.
+
+    A rotary module with ``setting_for_length(n)`` (CLEX: t = ceil(n/L)) gets the cache rebuilt by one
+    prefill whenever the setting changes, so every step equals a full recompute (re-rotating cached keys would
+    not: later layers' keys and values depend on attention computed with the old setting). ``input_ids`` is
+    (1, n); ``step_logits`` collects each step's logits.
+    """
+    from transformers import DynamicCache
+
+    setting = getattr(rotary_module(model), "setting_for_length", lambda n: None)
+
+    def prefill(ids):
+        cache = DynamicCache(config=model.config)
+        return cache, model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+
+    sequence, tokens = input_ids, []
+    cache, logits = prefill(sequence)
+    for _ in range(max_new_tokens):
+        token = int(logits[0, -1].argmax())
+        tokens.append(token)
+        if step_logits is not None:
+            step_logits.append(logits[0, -1])
+        if token == eos_token_id or len(tokens) == max_new_tokens:
+            break
+        length = sequence.shape[1]
+        sequence = torch.cat([sequence, torch.tensor([[token]], device=sequence.device)], dim=1)
+        if setting(length + 1) != setting(length):
+            cache, logits = prefill(sequence)
+        else:
+            logits = model(input_ids=sequence[:, -1:], past_key_values=cache, use_cache=True,
+                           position_ids=torch.tensor([[length]], device=sequence.device)).logits
+    return tokens
 
 
 def uninstall_rope(model: nn.Module) -> None:

@@ -62,15 +62,21 @@ def train_causal_lm(
     cfg: TrainConfig,
     *,
     extra_parameters: Iterable[torch.nn.Parameter] = (),
-    position_ids: Callable[[int, torch.Generator], torch.Tensor] | None = None,
+    position_ids: Callable[[int, int, torch.Generator], torch.Tensor] | None = None,
+    describe: Callable[[], str] | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
     checkpoint_dir: Path | None = None,
 ) -> list[StepRecord]:
     """Train ``model`` on random batches of ``blocks`` (n, seq_len) for cfg.steps optimiser steps.
 
-    ``position_ids(seq_len, generator)`` may supply custom positions per micro-batch (CLEX); the loss is the
-    mean next-token cross-entropy. Returns the per-step history.
+    ``position_ids(step, seq_len, generator)`` may supply custom positions per micro-batch (CLEX); they come
+    with an explicit all-ones attention mask, since transformers reads gapped position ids without a mask as
+    packed sequences and would cut attention at every gap. ``describe()`` adds the caller's state (CLEX: the
+    scale t) to a non-finite-loss error. The loss is the mean next-token cross-entropy. Returns the history.
     """
+    def where(step: int) -> str:
+        return f"step {step}" + (f" ({describe()})" if describe is not None else "")
+
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
     optimizer = _optimizer(params, cfg)
@@ -93,15 +99,21 @@ def train_causal_lm(
         loss_sum = 0.0
         for _ in range(cfg.grad_accum):
             batch = next(batches).to(device)
-            kwargs = {"position_ids": position_ids(batch.shape[1], generator).to(device)} if position_ids else {}
+            kwargs = {}
+            if position_ids is not None:
+                kwargs = {"position_ids": position_ids(step, batch.shape[1], generator).to(device),
+                          "attention_mask": torch.ones_like(batch)}
             loss = model(input_ids=batch, labels=batch, **kwargs).loss
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss at step {step}")
-            (loss / cfg.grad_accum).backward()
+                raise NonFiniteLossError(f"non-finite loss at {where(step)}; lower the learning rate "
+                                         "(the last checkpoint is intact)")
+            if loss.requires_grad:  # not when only the CLEX ODE trains and t = 1 bypasses it
+                (loss / cfg.grad_accum).backward()
             loss_sum += loss.item()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         if not math.isfinite(grad_norm):
-            raise NonFiniteLossError(f"non-finite gradient norm at step {step}")
+            raise NonFiniteLossError(f"non-finite gradient norm at {where(step)}; lower the "
+                                     "learning rate (the last checkpoint is intact)")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         record = StepRecord(step, loss_sum / cfg.grad_accum, lr, grad_norm,

@@ -1,0 +1,1 @@
+"""CLEX: continuous length extrapolation with a neural ODE over the RoPE frequency basis (algorithms.md §4)."""

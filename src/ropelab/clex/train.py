@@ -1,0 +1,96 @@
+"""Training CLEX: one scale t per optimisation step, positions spread over t·L, the shared training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ropelab.clex.ode import ACTIVATIONS, BACKENDS
+from ropelab.clex.rotary import ClexRotaryEmbedding
+from ropelab.config import ClexConfig
+from ropelab.errors import RopelabError
+from ropelab.rope.hf import install_rotary, rope_basics
+from ropelab.train.loop import StepRecord, train_causal_lm
+
+POSITION_SCHEMES = ("random", "uniform")
+
+
+def check_config(cfg: ClexConfig) -> None:
+    problems = []
+    if cfg.max_t < 1:
+        problems.append(f"max_t must be ≥ 1 (got {cfg.max_t})")
+    if not 0 < cfg.time_dt <= 1:
+        problems.append(f"time_dt must be in (0, 1] (got {cfg.time_dt})")
+    if cfg.activation not in ACTIVATIONS:
+        problems.append(f"activation must be one of {', '.join(ACTIVATIONS)} (got {cfg.activation!r})")
+    if cfg.positions not in POSITION_SCHEMES:
+        problems.append(f"positions must be one of {', '.join(POSITION_SCHEMES)} (got {cfg.positions!r})")
+    if cfg.backend not in BACKENDS:
+        problems.append(f"backend must be one of {', '.join(BACKENDS)} (got {cfg.backend!r})")
+    if cfg.amplification < 1:
+        problems.append(f"amplification must be ≥ 1 (got {cfg.amplification})")
+    if problems:
+        raise RopelabError("invalid clex config: " + "; ".join(problems))
+
+
+class ClexPositions:
+    """The training positions: per optimisation step draw t uniformly from {1..max_t}; per micro-batch,
+    positions for a sequence of ``seq_len`` tokens span [0, t·L) — 0 and t·L − 1 fixed, the rest a sorted
+    random subset of the sample grid [1, seq_len·t − 1) scaled by L/seq_len (reference code), or evenly spaced."""
+
+    def __init__(self, original_length: int, max_t: int, scheme: str = "random"):
+        if scheme not in POSITION_SCHEMES:
+            raise RopelabError(f"unknown CLEX position scheme {scheme!r}; choose one of {', '.join(POSITION_SCHEMES)}")
+        self.original_length, self.max_t, self.scheme = original_length, max_t, scheme
+        self.t, self._step = 1, None
+
+    def __call__(self, step: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+        if step != self._step:
+            self.t, self._step = int(torch.randint(1, self.max_t + 1, (1,), generator=generator)), step
+        return self.positions(self.t, seq_len, generator)[None]
+
+    def positions(self, t: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+        last = t * self.original_length - 1
+        if seq_len < self.original_length:  # shorter sequences could not span t·L at the basis' resolution
+            raise RopelabError(f"CLEX trains on sequences of at least L = {self.original_length} tokens; "
+                               f"got clex.train.seq_len = {seq_len}")
+        if self.scheme == "uniform":
+            return torch.linspace(0, last, seq_len)
+        grid = seq_len * t  # sample indices, later scaled by L / seq_len to span [0, t·L)
+        middle = torch.randperm(grid - 2, generator=generator)[: seq_len - 2].sort().values + 1
+        scaled = middle.float() * self.original_length / seq_len
+        if seq_len == self.original_length:  # the common case (train at L): keep integer positions
+            scaled = middle
+        return torch.cat([torch.zeros(1, dtype=scaled.dtype), scaled, torch.tensor([last], dtype=scaled.dtype)])
+
+    def describe(self) -> str:
+        return f"t = {self.t}"
+
+
+def install_clex(model, cfg: ClexConfig, *, generator: torch.Generator | None = None) -> ClexRotaryEmbedding:
+    """Make CLEX the model's rotary module (ODE untrained: dynamic-NTK-style frequencies)."""
+    check_config(cfg)
+    b = rope_basics(model.config)
+    module = ClexRotaryEmbedding(b.head_dim, b.base, b.original_max_position_embeddings, cfg.max_t,
+                                 time_dt=cfg.time_dt, amplification=cfg.amplification, activation=cfg.activation,
+                                 log_scale=cfg.log_scale, backend=cfg.backend, generator=generator)
+    return install_rotary(model, module)
+
+
+def train_clex(model, blocks: torch.Tensor, cfg: ClexConfig, *, on_step: Callable[[StepRecord], None] | None = None,
+               checkpoint_dir: Path | None = None) -> tuple[ClexRotaryEmbedding, list[StepRecord]]:
+    """Install CLEX into ``model`` and train it (with the model, or alone with cfg.ode_only); resumable."""
+    b = rope_basics(model.config)
+    module = install_clex(model, cfg, generator=torch.Generator().manual_seed(cfg.train.seed))
+    ode = {id(p) for p in module.parameters()}
+    if cfg.ode_only:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in ode)
+    schedule = ClexPositions(b.original_max_position_embeddings, cfg.max_t, cfg.positions)
+    history = train_causal_lm(model, blocks, cfg.train, position_ids=schedule, describe=schedule.describe,
+                              on_step=on_step, checkpoint_dir=checkpoint_dir)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return module, history

@@ -1,0 +1,200 @@
+"""CLEX installed into real (tiny) transformers models: equivalences, generation across t, training, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from ropelab.clex.io import export_clex, is_clex_export, load_clex
+from ropelab.clex.rotary import ClexRotaryEmbedding
+from ropelab.clex.train import ClexPositions, install_clex, train_clex
+from ropelab.config import ClexConfig, TrainConfig
+from ropelab.errors import RopelabError
+from ropelab.rope.hf import greedy_generate, install_rope, uninstall_rope
+from ropelab.rope.registry import RopeSpec
+from ropelab.train.loop import NonFiniteLossError
+
+L = 16
+
+
+def ids(n, seed=0):
+    return torch.randint(0, 97, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def trained_looking(module: ClexRotaryEmbedding, seed=1, std=0.5) -> ClexRotaryEmbedding:
+    """A CLEX module whose ODE is not the identity-like untrained one (frequencies really depend on t)."""
+    with torch.no_grad():
+        module.dynamics.down.normal_(0, std, generator=torch.Generator().manual_seed(seed))
+    module.train(False)
+    return module
+
+
+@torch.no_grad()
+def test_untrained_clex_is_the_base_model_up_to_L_and_ntk_beyond(tiny_llama):
+    model = tiny_llama(max_position_embeddings=L)
+    x = ids(3 * L)
+    plain = model(x[:, :L]).logits
+    install_clex(model, ClexConfig(max_t=4))
+    torch.testing.assert_close(model(x[:, :L]).logits, plain, rtol=0, atol=1e-5)
+    clex = model(x).logits  # n = 3L → t = 3 → NTK with α = 2·3 − 1 = 5
+    install_rope(model, RopeSpec("ntk", 16, 10000.0, factor=5.0))
+    torch.testing.assert_close(clex, model(x).logits, rtol=0, atol=1e-5)
+
+
+def test_scale_rule_and_cap():
+    module = ClexRotaryEmbedding(16, 1e4, L, max_t=4)
+    assert [module.scale_for_length(n) for n in (1, L, L + 1, 2 * L, 2 * L + 1, 100 * L)] == [1, 1, 2, 2, 3, 4]
+
+
+def sharp(model, gain=4.0):
+    """Sharper attention than random init gives, so stale keys would show in the logits."""
+    for layer in model.model.layers:
+        layer.self_attn.q_proj.weight.data.mul_(gain)
+        layer.self_attn.k_proj.weight.data.mul_(gain)
+    return model
+
+
+@torch.no_grad()
+def test_generation_across_a_t_boundary_equals_full_recompute(tiny_llama):
+    model = sharp(tiny_llama(max_position_embeddings=L, seed=3))
+    module = trained_looking(install_clex(model, ClexConfig(max_t=8)))
+    prompt = ids(2 * L - 3, seed=4)  # prefill at t = 2; tokens 2L+1 … cross into t = 3
+    cached_logits, recomputed_logits = [], []
+    cached = greedy_generate(model, prompt, 8, step_logits=cached_logits)
+    sequence, recomputed = prompt, []
+    for _ in range(8):
+        recomputed_logits.append(model(sequence).logits[0, -1])
+        recomputed.append(int(recomputed_logits[-1].argmax()))
+        sequence = torch.cat([sequence, torch.tensor([[recomputed[-1]]])], dim=1)
+    assert cached == recomputed
+    torch.testing.assert_close(torch.stack(cached_logits), torch.stack(recomputed_logits), rtol=0, atol=1e-5)
+    assert module.scale_for_length(prompt.shape[1]) == 2 and module.scale_for_length(sequence.shape[1]) == 3
+    # the rebuild is what makes it exact: a cache kept across the boundary gives different logits
+    module.setting_for_length = lambda n: None
+    stale = []
+    greedy_generate(model, prompt, 8, step_logits=stale)
+    assert (torch.stack(stale) - torch.stack(recomputed_logits)).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_log_scaling_scales_the_attention_logits(tiny_llama):
+    module = ClexRotaryEmbedding(16, 1e4, L, max_t=4, log_scale=True)
+    assert module.attention_factor(L) == 1.0
+    assert module.attention_factor(4 * L) ** 2 == pytest.approx(torch.log(torch.tensor(4.0 * L)) / torch.log(torch.tensor(float(L))))
+    model = tiny_llama(max_position_embeddings=L, seed=3)
+    install_clex(model, ClexConfig(max_t=8, log_scale=True))
+    prompt = ids(2 * L - 3, seed=4)
+    sequence = torch.cat([prompt, torch.tensor([greedy_generate(model, prompt, 6)])], dim=1)
+    expected = [int(model(sequence[:, :n]).logits[0, -1].argmax()) for n in range(prompt.shape[1], sequence.shape[1])]
+    assert sequence[0, prompt.shape[1]:].tolist() == expected
+
+
+def test_training_positions_span_t_times_L_and_recover_t():
+    schedule = ClexPositions(L, max_t=8)
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for step in range(40):
+        positions = schedule(step, L, generator)[0]
+        t = schedule.t
+        seen.add(t)
+        assert positions[0] == 0 and positions[-1] == t * L - 1 and len(positions) == L
+        assert bool((positions.diff() > 0).all())
+        module = ClexRotaryEmbedding(16, 1e4, L, max_t=8)
+        assert module.scale_for_length(float(positions.max()) + 1) == t
+    assert seen == set(range(1, 9))
+    again = ClexPositions(L, max_t=8)
+    assert torch.equal(again(0, L, torch.Generator().manual_seed(0)),
+                       ClexPositions(L, max_t=8)(0, L, torch.Generator().manual_seed(0)))
+    longer = schedule.positions(3, 4 * L, generator)  # training at 4L: positions scaled back by L / 4L
+    assert longer[-1] == 3 * L - 1 and longer.max() < 3 * L
+    uniform = ClexPositions(L, 4, "uniform").positions(2, L, generator)
+    torch.testing.assert_close(uniform, torch.linspace(0, 2 * L - 1, L))
+    with pytest.raises(RopelabError, match="position scheme"):
+        ClexPositions(L, 4, "zigzag")
+
+
+@torch.no_grad()
+def test_gapped_training_positions_keep_full_causal_attention(tiny_llama):
+    """transformers reads gapped position ids without a mask as packed sequences; the loop passes a mask."""
+    model = tiny_llama(max_position_embeddings=L)
+    x, y = ids(L, 0), ids(L, 0).clone()
+    y[0, 0] = (y[0, 0] + 1) % 97
+    positions = torch.arange(L)[None] * 3
+    ones = torch.ones_like(x)
+    a = model(x, position_ids=positions, attention_mask=ones).logits
+    b = model(y, position_ids=positions, attention_mask=ones).logits
+    assert (a[0, -1] - b[0, -1]).abs().max() > 1e-4  # the last token still sees the first
+
+
+def small_training(steps=6, **clex):
+    return ClexConfig(max_t=4, train=TrainConfig(steps=steps, batch_size=2, seq_len=L, lr=5e-3, warmup_steps=1,
+                                                 checkpoint_every=2), **clex)
+
+
+def blocks():
+    return torch.randint(0, 97, (16, L), generator=torch.Generator().manual_seed(9))
+
+
+def test_training_updates_the_ode_and_resumes_exactly(tiny_llama, tmp_path):
+    straight = tiny_llama(max_position_embeddings=L, layers=1)
+    module, history = train_clex(straight, blocks(), small_training())
+    assert module.dynamics.down.abs().max() > 0 and len(history) == 6
+
+    crashed = tiny_llama(max_position_embeddings=L, layers=1)
+
+    def crash(record):
+        if record.step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_clex(crashed, blocks(), small_training(), on_step=crash, checkpoint_dir=tmp_path)
+    resumed = tiny_llama(max_position_embeddings=L, layers=1)
+    train_clex(resumed, blocks(), small_training(), checkpoint_dir=tmp_path)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_ode_only_training_leaves_the_model_untouched(tiny_llama):
+    model = tiny_llama(max_position_embeddings=L, layers=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module, _ = train_clex(model, blocks(), small_training(ode_only=True))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert module.dynamics.down.abs().max() > 0
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again for whatever comes next
+
+
+def test_non_finite_training_names_the_step_and_t(tiny_llama):
+    model = tiny_llama(max_position_embeddings=L, layers=1)
+    module = install_clex(model, ClexConfig(max_t=4))
+    uninstall_rope(model)
+    with torch.no_grad():
+        module.dynamics.down.fill_(float("nan"))  # the ODE breaks for every t > 1; t = 1 bypasses it
+    model.model.rotary_emb = module
+    cfg = small_training(steps=50)
+    from ropelab.clex.train import ClexPositions as Schedule
+    from ropelab.train.loop import train_causal_lm
+    schedule = Schedule(L, 4)
+    with pytest.raises(NonFiniteLossError, match=r"step \d+ \(t = [234]\)"):
+        train_causal_lm(model, blocks(), cfg.train, position_ids=schedule, describe=schedule.describe)
+
+
+@torch.no_grad()
+def test_export_reloads_in_stock_transformers_and_in_ropelab(tiny_llama, tmp_path):
+    model = tiny_llama(max_position_embeddings=L, seed=5)
+    module = trained_looking(install_clex(model, ClexConfig(max_t=4)))
+    x = ids(3 * L + 2)
+    expected = model(x).logits
+    export_clex(model, tmp_path / "clex", module, provenance={"test": True})
+    assert is_clex_export(tmp_path / "clex")
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "clex").eval()  # loads: plain RoPE, warns nothing
+    uninstall_rope(model)
+    torch.testing.assert_close(stock(x).logits, model(x).logits, rtol=0, atol=1e-5)
+    load_clex(tmp_path / "clex", stock)
+    torch.testing.assert_close(stock(x).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_invalid_clex_settings_are_reported_together(tiny_llama):
+    with pytest.raises(RopelabError, match="max_t.*time_dt|time_dt.*max_t"):
+        install_clex(tiny_llama(), ClexConfig(max_t=0, time_dt=0.0))
