@@ -23,7 +23,8 @@ FLOWS = {  # command -> (module, flow function, help)
     "base": ("flows.base", "base_flow", "pretrain the embedded tiny base model (or check a user's model)"),
     "search": ("flows.search", "search_flow", "LongRoPE evolutionary search of λ at search.scale"),
     "finetune": ("flows.finetune", "finetune_flow", "fine-tune with a fixed RoPE (λ file or baseline) at a longer length"),
-    "pipeline": ("flows.pipeline", "pipeline_flow", "the progressive LongRoPE recipe end to end"),
+    "clex": ("flows.clex", "clex_flow", "train CLEX (neural-ODE RoPE scaling) and compare it with a PI fine-tune"),
+    "pipeline": ("flows.pipeline", "pipeline_flow", "the progressive LongRoPE recipe and CLEX end to end"),
     "evaluate": ("flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
 }
 

@@ -1,27 +1,32 @@
 """`ropelab pipeline`: the progressive LongRoPE recipe (../shared/algorithms.md §3) as one flow of subflows.
 
 base → search r1, r2 (base model) → fine-tune at L·r1 with the r1 factors, then at L·r2 with the r2 factors →
-search r3 on the fine-tuned model (stored factors = product) → recovery searches at short lengths → evaluation
-of every stage's output → export (short_factor = recovery, long_factor = final). Each stage is cached; a rerun
+search r3 on the fine-tuned model (stored factors = product) → recovery searches at short lengths → CLEX
+(trained on the base model, with a PI fine-tune on the same tokens) → evaluation of every stage's output →
+export (short_factor = recovery, long_factor = final). Adding a stage: a subflow here and a config section;
+evaluate_stages puts its model into the combined table. Each stage is cached; a rerun
 recomputes only what changed, `--rerun-from STAGE` recomputes that stage and everything after it.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 from pathlib import Path
 
 from prefect import flow
 
 from flows.base import base_flow
+from flows.clex import clex_flow, comparison_markdown, evaluate_clex
 from flows.evaluate import file_hashes
 from flows.finetune import finetune_flow
 from flows.search import search_flow
 from ropelab.config import PIPELINE_STAGES, RunConfig, build
 from ropelab.errors import RopelabError
+from ropelab.eval.plots import plot_ppl_vs_length
 from tasks import tracking
 from tasks.evaluate import evaluate_zoo
-from tasks.export import export_final, lambda_spec
+from tasks.export import choose_short_set, export_final, lambda_spec
 
 STAGES = PIPELINE_STAGES
 
@@ -76,16 +81,34 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
                                                           "attention_factor": final_long.get("attention_factor", 0.0)}),
                                    parent, model=ft2, refresh=refresh("recovery"))
                     for r in p.recovery_ratios}
-        short = lambda_spec(recovery[p.recovery_ratios[0]]["lambda"], ft2["path"], short_of=final_long)
+        searched_short = lambda_spec(recovery[p.recovery_ratios[0]]["lambda"], ft2["path"], short_of=final_long)
+        choice = choose_short_set.with_options(refresh_cache=refresh("recovery"))(
+            ft2["path"], ft2["fingerprint"], base["data"]["md5"], final_long,
+            {"recovery": searched_short, "long": final_long}, cfg.search.num_windows, cfg.search.seed)
+        short = choice["short"]
+        clex = clex_flow(config, parent, model=base, refresh=refresh("clex"), evaluate=False) if p.clex else None
         reports = evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, refresh("evaluate"))
+        combined = combined_table(reports)
+        if clex is not None:
+            combined.update(evaluate_clex(cfg, config, parent, clex, refresh("evaluate")))
+        with tempfile.TemporaryDirectory() as scratch:  # the plot lives in the parent run only
+            plot = plot_ppl_vs_length({m: {int(n): v for n, v in row.items()} for m, row in combined.items()},
+                                      Path(scratch) / "every_stage_ppl_vs_length.png", "every stage: PPL vs length", L)
+            tracking.log_artifact(parent, plot, "plots")
         export = export_final.with_options(refresh_cache=refresh("export"))(
             ft2["path"], ft2["fingerprint"], final_long, short, f"longrope-{cfg.preset}")
-        summary = write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, reports, export)
+        summary = write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, choice, reports, export, clex, combined)
         tracking.log_text(parent, summary, "summary.md")
         tracking.set_tags(parent, {"export.path": export["path"]})
     print(summary)
     return {"export": export, "reports": reports, "run_id": parent, "stage2": stage2, "recovery": recovery,
-            "base": base, "finetuned": ft2}
+            "short_choice": choice,
+            "base": base, "finetuned": ft2, "clex": clex, "combined": combined, "summary": summary}
+
+
+def combined_table(reports: dict) -> dict:
+    """One row per (model, method): what every stage produced, side by side."""
+    return {f"{model}:{method}": row for model, report in reports.items() for method, row in report["table"].items()}
 
 
 def evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, refresh: bool) -> dict:
@@ -99,7 +122,10 @@ def evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, r
             base["path"], base["fingerprint"], base["data"]["md5"], base_eval,
             file_hashes(base_eval.rescale_factor_files), run_id)
         tracking.log_artifact(run_id, Path(reports["base"]["dir"]), "zoo")
-    tuned_eval = build(RunConfig, derive(config, eval={"methods": [], "rescale_factor_files": []})).eval
+    final = int(round(cfg.pipeline.ratios[-1] * cfg.pipeline.final_ratio))  # the final length, in units of L
+    multipliers = sorted({*cfg.eval.length_multipliers, final})
+    tuned_eval = build(RunConfig, derive(config, eval={"methods": [], "rescale_factor_files": [],
+                                                       "length_multipliers": multipliers})).eval
     settings = {"progressive": {"long": final_long, "short": None},
                 "progressive_recovery": {"long": final_long, "short": short}}
     with tracking.stage_run("evaluate-finetuned", cfg, parent_run_id=parent, data_version=base["data"]["md5"],
@@ -110,7 +136,7 @@ def evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, r
     return reports
 
 
-def write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, reports, export) -> str:
+def write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, choice, reports, export, clex, combined) -> str:
     lines = [f"# ropelab pipeline: {cfg.preset}", "",
              f"- data version `{base['data']['md5']}`; base model `{base['path']}`",
              *[f"- search {r:g}× on the base model: test PPL {s['test_ppl']['winner']:.3f} "
@@ -118,8 +144,14 @@ def write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, reports, export
              f"- fine-tuned: `{ft1['path']}` → `{ft2['path']}` (final loss {ft2['final_loss']:.3f})",
              f"- search {cfg.pipeline.final_ratio:g}× on the fine-tuned model: test PPL {stage2['test_ppl']['winner']:.3f}",
              *[f"- recovery {r:g}×: test PPL {s['test_ppl']['winner']:.3f}" for r, s in recovery.items()],
+             f"- short factors exported: **{choice['chosen']}** (validation PPL at {choice['length']}: "
+             + ", ".join(f"{k} {v:.3f}" for k, v in choice["validation_ppl"].items()) + ")",
+             *([f"- CLEX (max_t {cfg.clex.max_t}): `{clex['path']}` (loss {clex['first_loss']:.3f} → "
+                f"{clex['final_loss']:.3f}, {clex['seconds']:.0f} s)"] if clex else []),
              f"- export: `{export['path']}`" + (f" (lossy: {'; '.join(export['lossy'])})" if export["lossy"] else ""),
              ""]
+    lines += ["## every stage", "", comparison_markdown(combined, cfg, caption="Held-out PPL of every stage's output"),
+              ""]
     for name, report in reports.items():
         lines += [f"## {name} model", "", Path(report["dir"], "zoo.md").read_text(), ""]
     return "\n".join(lines)

@@ -53,7 +53,8 @@ def evaluate_zoo(model_path: str, model_fingerprint: str, data_md5: str, cfg: Ev
     model, tokenizer = load_model(model_path)
     basics = rope_basics(model.config)
     lengths = [basics.original_max_position_embeddings * m for m in cfg.length_multipliers]
-    methods = {name: zoo.baseline(name) for name in cfg.methods}
+    methods = {name: zoo.native(model, model_path) if name == "native" else zoo.baseline(name)
+               for name in cfg.methods}
     methods.update(lambda_methods(cfg.rescale_factor_files, basics, max(lengths)))
     for name, pair in (settings or {}).items():
         short = RopeSpec.from_dict(pair["short"]) if pair.get("short") else None

@@ -1,13 +1,17 @@
-"""Export task: the pipeline's final model as a stock transformers directory (short = recovery, long = final)."""
+"""Export tasks: choosing the short factor set, and the pipeline's final model as a stock transformers directory
+(short = recovery, long = final)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from prefect import task
 
+from ropelab.data.corpus import CorpusReader
+from ropelab.eval.perplexity import perplexity, truncated_windows
 from ropelab.models import load_model
-from ropelab.rope.hf import export_hf
+from ropelab.rope.hf import export_hf, install_rope, rope_basics, uninstall_rope
 from ropelab.rope.registry import RopeSpec
 from tasks.caching import cached_on
 from tasks.settings import paths
@@ -20,6 +24,25 @@ def export_final(model_path: str, model_fp: str, long: dict, short: dict | None,
     report = export_hf(model, Path(out), RopeSpec.from_dict(long), RopeSpec.from_dict(short) if short else None,
                        tokenizer=tokenizer, provenance={"model": model_path})
     return {"path": str(report.path), "lossy": report.lossy, "rope_parameters": report.rope_parameters}
+
+
+@task(name="choose-short-factors", cache_policy=cached_on())
+def choose_short_set(model_path: str, model_fp: str, data_md5: str, long: dict, candidates: dict,
+                     num_windows: int, seed: int) -> dict:
+    """The candidate short set (name → spec dict) with the lowest validation PPL at the original length L,
+    the long set installed beside it: a recovery search that cannot beat the long factors at L (its λ are
+    bounded by the recovery maximum) must not make short inputs worse than keeping the long set."""
+    model, tokenizer = load_model(model_path)
+    length = rope_basics(model.config).original_max_position_embeddings
+    docs = [tokenizer.encode(d.text) for d in CorpusReader(paths().corpus).documents("validation", "select")]
+    windows = truncated_windows(docs, length, num_windows, tokenizer.bos_token_id, torch.Generator().manual_seed(seed))
+    scores = {}
+    for name, short in candidates.items():
+        install_rope(model, RopeSpec.from_dict(long), RopeSpec.from_dict(short))
+        scores[name] = perplexity(model, windows).ppl
+    uninstall_rope(model)
+    chosen = min(scores, key=scores.get)
+    return {"chosen": chosen, "short": candidates[chosen], "validation_ppl": scores, "length": length}
 
 
 def lambda_spec(lambda_path: str, model_path: str, short_of: dict | None = None) -> dict:

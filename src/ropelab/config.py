@@ -77,7 +77,8 @@ class EvalConfig:
     split: str = doc("held-out split for reported numbers: test (default) or validation", "test")
     length_multipliers: tuple[int, ...] = doc("evaluation lengths as multiples of the original length L",
                                               (1, 2, 4, 8, 16))
-    methods: tuple[str, ...] = doc("baselines to evaluate: none, pi, ntk, dynamic, yarn, llama3",
+    methods: tuple[str, ...] = doc("methods to evaluate: none, pi, ntk, dynamic, yarn, llama3, or native (the "
+                                   "model's own RoPE as saved, CLEX for a CLEX export)",
                                    ("none", "pi", "ntk", "dynamic", "yarn"))
     rescale_factor_files: tuple[str, ...] = doc("λ files (from a search) evaluated next to the baselines", ())
     protocol: str = doc("perplexity protocol: truncated (one window per segment) or sliding", "truncated")
@@ -134,8 +135,10 @@ class ClexConfig:
                          "in practice)", 0.01)
     amplification: int = doc("amplification factor k of the ODE's FFN (k·d² parameters)", 1)
     activation: str = doc("FFN activation: tanh (reference code) or silu (released 7B config)", "tanh")
-    positions: str = doc("training positions: random (sorted random subset of [0, t·L), reference) or uniform",
+    positions: str = doc("training positions spanning [0, t·L): random (sorted random subset, reference), "
+                         "uniform (even spacing) or chunks (contiguous pieces with random skips, PoSE-style)",
                          "random")
+    chunks: int = doc("positions=chunks: number of contiguous pieces", 2)
     log_scale: bool = doc("multiply queries by log(n)/log(L) beyond L", False)
     ode_only: bool = doc("train only the ODE, the model frozen", False)
     backend: str = doc("ODE solver: rk4 (built in) or torchdiffeq (optional extra ropelab[ode]); equal results",
@@ -146,7 +149,7 @@ class ClexConfig:
                                                                  warmup_steps=10, checkpoint_every=50))
 
 
-PIPELINE_STAGES = ("base", "search1", "finetune1", "finetune2", "search2", "recovery", "evaluate", "export")
+PIPELINE_STAGES = ("base", "search1", "finetune1", "finetune2", "search2", "recovery", "clex", "evaluate", "export")
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class PipelineConfig:
     recovery_iterations: int = doc("generations of the recovery searches (0: search.iterations)", 0)
     first_finetune_steps: int = doc("fine-tuning steps at L·r1 with the r1 factors (paper: 400)", 400)
     second_finetune_steps: int = doc("fine-tuning steps at L·r2 with the r2 factors (paper: 600)", 600)
+    clex: bool = doc("run the CLEX stage (trained on the base model) and compare it in the final evaluation", True)
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,10 @@ def test_training_positions_span_t_times_L_and_recover_t():
                        ClexPositions(L, max_t=8)(0, L, torch.Generator().manual_seed(0)))
     longer = schedule.positions(3, 4 * L, generator)  # training at 4L: positions scaled back by L / 4L
     assert longer[-1] == 3 * L - 1 and longer.max() < 3 * L
+    for pieces in (2, 4):  # PoSE-style: dense inside pieces, skips between them, still spanning [0, t·L)
+        chunked = ClexPositions(L, 8, "chunks", pieces).positions(5, L, generator)
+        assert chunked[0] == 0 and chunked[-1] == 5 * L - 1 and bool((chunked.diff() >= 1).all())
+        assert int((chunked.diff() > 1).sum()) <= pieces - 1 and int((chunked.diff() == 1).sum()) >= L - pieces
     uniform = ClexPositions(L, 4, "uniform").positions(2, L, generator)
     torch.testing.assert_close(uniform, torch.linspace(0, 2 * L - 1, L))
     with pytest.raises(RopelabError, match="position scheme"):
@@ -143,12 +147,16 @@ def test_training_updates_the_ode_and_resumes_exactly(tiny_llama, tmp_path):
 
     crashed = tiny_llama(max_position_embeddings=L, layers=1)
 
-    def crash(record):
+    scales = []
+
+    def crash(record, t):
+        scales.append(t)
         if record.step == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train_clex(crashed, blocks(), small_training(), on_step=crash, checkpoint_dir=tmp_path)
+    assert set(scales) <= {1, 2, 3, 4} and len(set(scales)) > 1
     resumed = tiny_llama(max_position_embeddings=L, layers=1)
     train_clex(resumed, blocks(), small_training(), checkpoint_dir=tmp_path)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):

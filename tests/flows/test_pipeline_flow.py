@@ -22,7 +22,7 @@ def snapshot() -> dict:
 
     art = paths().artifacts
     dirs = {kind: sorted(p.name for p in (art / kind).iterdir()) if (art / kind).exists() else []
-            for kind in ("models", "finetune", "eval", "exports", "search")}
+            for kind in ("models", "finetune", "eval", "exports", "search", "clex")}
     dirs["fitness"] = sum(len(p.read_text().splitlines()) for p in (art / "fitness-cache").glob("*.jsonl"))
     dirs["written"] = {str(p.parent.parent.name): (json.loads(p.read_text())["mode"], p.stat().st_mtime_ns)
                        for p in (art / "search").glob("*/result/rescale_factors.json")}
@@ -47,7 +47,7 @@ def test_every_stage_ran_and_is_recorded(first):
                                   filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'")
     stages = {r.data.tags["ropelab.stage"] for r in children}
     assert {"base", "search-2x", "search-4x", "finetune-128", "finetune-256", "recovery-1x", "recovery-2x",
-            "evaluate-base", "evaluate-finetuned"} <= stages
+            "clex", "finetune-64", "evaluate-base", "evaluate-finetuned", "evaluate-clex", "evaluate-pi-4x"} <= stages
     assert all(r.data.tags["data.version"] == result["base"]["data"]["md5"] for r in children)
     assert "summary.md" in {a.path for a in client.list_artifacts(result["run_id"])}
 
@@ -75,6 +75,16 @@ def test_export_reloads_in_stock_transformers_with_equal_logits(first):
             assert (stock(ids).logits - ours(ids).logits).abs().max().item() <= 1e-5
 
 
+def test_exported_short_factors_are_the_better_set_at_L(first):
+    result, _ = first
+    choice = result["short_choice"]
+    scores = choice["validation_ppl"]
+    assert set(scores) == {"recovery", "long"} and choice["chosen"] == min(scores, key=scores.get)
+    exported = AutoModelForCausalLM.from_pretrained(result["export"]["path"]).config.rope_parameters
+    assert exported["short_factor"] == pytest.approx(list(choice["short"]["rescale_factors"]))
+    assert f"short factors exported: **{choice['chosen']}**" in result["summary"]
+
+
 def test_second_run_is_all_cache_hits(first):
     from flows.pipeline import pipeline_flow
 
@@ -91,11 +101,30 @@ def test_rerun_from_recovery_recomputes_it_and_downstream_only(first):
     pipeline_flow(to_dict(load_config(CONFIGS / "smoke.yaml")), rerun_from="recovery")
     after = snapshot()
     assert after["models"] == before["models"] and after["finetune"] == before["finetune"]
-    assert len(after["eval"]) == len(before["eval"]) + 2  # both evaluations ran again
+    assert len(after["eval"]) == len(before["eval"]) + 4  # base, fine-tuned, CLEX, PI evaluations ran again
     assert after["fitness"] == before["fitness"]  # …answered by the fitness cache: never paid twice
     for name, (mode, written) in after["written"].items():
         rewritten = written != before["written"][name][1]
         assert rewritten == (mode == "recovery"), name
+
+
+def test_clex_stage_is_trained_exported_and_compared(first):
+    from ropelab.clex.io import is_clex_export, load_clex
+    from tasks import tracking
+
+    result, _ = first
+    clex = result["clex"]
+    assert is_clex_export(clex["path"]) and Path(clex["plot"]).exists()
+    history = tracking.client().get_metric_history(clex["run_id"], "clex/loss")
+    assert len(history) >= 2 and all(h.value == h.value for h in history)  # logged, finite
+    stock = AutoModelForCausalLM.from_pretrained(clex["path"]).eval()  # stock transformers accepts the export
+    assert stock.config.rope_parameters["rope_type"] == "default"
+    load_clex(clex["path"], stock)
+    assert type(stock.model.rotary_emb).__name__ == "ClexRotaryEmbedding"
+    rows = result["combined"]
+    assert {"clex", "pi-4x fine-tuned", "finetuned:progressive", "base:yarn"} <= set(rows)
+    assert set(rows["clex"]) == {"64", "128", "256", "512", "1024"}
+    assert "| clex |" in result["summary"] and "| pi-4x fine-tuned |" in result["summary"]
 
 
 def test_unknown_rerun_stage_is_a_clear_error():

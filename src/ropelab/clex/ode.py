@@ -70,9 +70,17 @@ class ClexDynamics(nn.Module):
         nn.init.kaiming_uniform_(self.up, a=math.sqrt(5), generator=generator)  # as the reference
         self.register_buffer("log_theta", torch.log(rope_frequencies(head_dim, base).float()), persistent=False)
         self.register_buffer("exponents", _exponents(head_dim), persistent=False)
+        self._time_terms: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def time_terms(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log ξ(t), d/dt log ξ(t)) on the module's device, in ``dtype``."""
+        """(log ξ(t), d/dt log ξ(t)) on the module's device, in ``dtype``; memoised per time because every
+        training step walks the same RK4 grid again (constants: no gradient flows into them)."""
+        key = (float(t), dtype, self.log_theta.device)
+        if key not in self._time_terms:
+            self._time_terms[key] = self._compute_time_terms(torch.as_tensor(t), dtype)
+        return self._time_terms[key]
+
+    def _compute_time_terms(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         t = t.to(self.log_theta.device, dtype)
         below = t < 1
         alpha = torch.where(below, torch.ones_like(t), 2 * t - 1)

@@ -14,7 +14,7 @@ from ropelab.errors import RopelabError
 from ropelab.rope.hf import install_rotary, rope_basics
 from ropelab.train.loop import StepRecord, train_causal_lm
 
-POSITION_SCHEMES = ("random", "uniform")
+POSITION_SCHEMES = ("random", "uniform", "chunks")
 
 
 def check_config(cfg: ClexConfig) -> None:
@@ -29,6 +29,8 @@ def check_config(cfg: ClexConfig) -> None:
         problems.append(f"positions must be one of {', '.join(POSITION_SCHEMES)} (got {cfg.positions!r})")
     if cfg.backend not in BACKENDS:
         problems.append(f"backend must be one of {', '.join(BACKENDS)} (got {cfg.backend!r})")
+    if cfg.chunks < 2:
+        problems.append(f"chunks must be ≥ 2 (got {cfg.chunks})")
     if cfg.amplification < 1:
         problems.append(f"amplification must be ≥ 1 (got {cfg.amplification})")
     if problems:
@@ -40,10 +42,12 @@ class ClexPositions:
     positions for a sequence of ``seq_len`` tokens span [0, t·L) — 0 and t·L − 1 fixed, the rest a sorted
     random subset of the sample grid [1, seq_len·t − 1) scaled by L/seq_len (reference code), or evenly spaced."""
 
-    def __init__(self, original_length: int, max_t: int, scheme: str = "random"):
+    def __init__(self, original_length: int, max_t: int, scheme: str = "random", chunks: int = 2):
         if scheme not in POSITION_SCHEMES:
             raise RopelabError(f"unknown CLEX position scheme {scheme!r}; choose one of {', '.join(POSITION_SCHEMES)}")
-        self.original_length, self.max_t, self.scheme = original_length, max_t, scheme
+        if chunks < 2:
+            raise RopelabError(f"clex.chunks must be ≥ 2, got {chunks}")
+        self.original_length, self.max_t, self.scheme, self.chunks = original_length, max_t, scheme, chunks
         self.t, self._step = 1, None
 
     def __call__(self, step: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
@@ -58,12 +62,32 @@ class ClexPositions:
                                f"got clex.train.seq_len = {seq_len}")
         if self.scheme == "uniform":
             return torch.linspace(0, last, seq_len)
+        if self.scheme == "chunks":
+            return self.chunked(t, seq_len, generator)
         grid = seq_len * t  # sample indices, later scaled by L / seq_len to span [0, t·L)
         middle = torch.randperm(grid - 2, generator=generator)[: seq_len - 2].sort().values + 1
         scaled = middle.float() * self.original_length / seq_len
         if seq_len == self.original_length:  # the common case (train at L): keep integer positions
             scaled = middle
         return torch.cat([torch.zeros(1, dtype=scaled.dtype), scaled, torch.tensor([last], dtype=scaled.dtype)])
+
+    def chunked(self, t: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+        """PoSE-style (Zhu et al. 2023): the sequence cut into ``chunks`` contiguous pieces at random points,
+        the pieces separated by random skips that together fill [0, t·L): positions stay dense inside a piece
+        (as at inference, where tokens are contiguous) while distances between pieces reach t·L − 1."""
+        span = t * self.original_length
+        step = self.original_length / seq_len  # < 1 only when training beyond L: positions scaled back
+        pieces = min(self.chunks, seq_len)
+        cuts = torch.randperm(seq_len - 1, generator=generator)[: pieces - 1].sort().values + 1
+        piece = torch.bucketize(torch.arange(seq_len), cuts, right=True)  # piece index of every token
+        room = span - 1 - (seq_len - 1) * step  # total skip to distribute between pieces
+        splits = torch.rand(pieces - 2, generator=generator, dtype=torch.float64).sort().values
+        shares = torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), splits, torch.ones(1, dtype=torch.float64)]))
+        skips = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(shares * room, 0)])  # per piece
+        positions = torch.arange(seq_len, dtype=torch.float64) * step + skips[piece]
+        if step == 1:
+            return positions.round().long()
+        return positions.float()
 
     def describe(self) -> str:
         return f"t = {self.t}"
@@ -79,18 +103,21 @@ def install_clex(model, cfg: ClexConfig, *, generator: torch.Generator | None = 
     return install_rotary(model, module)
 
 
-def train_clex(model, blocks: torch.Tensor, cfg: ClexConfig, *, on_step: Callable[[StepRecord], None] | None = None,
+def train_clex(model, blocks: torch.Tensor, cfg: ClexConfig, *,
+               on_step: Callable[[StepRecord, int], None] | None = None,
                checkpoint_dir: Path | None = None) -> tuple[ClexRotaryEmbedding, list[StepRecord]]:
-    """Install CLEX into ``model`` and train it (with the model, or alone with cfg.ode_only); resumable."""
+    """Install CLEX into ``model`` and train it (with the model, or alone with cfg.ode_only); resumable.
+    ``on_step(record, t)`` sees each step with the scale t it trained at."""
     b = rope_basics(model.config)
     module = install_clex(model, cfg, generator=torch.Generator().manual_seed(cfg.train.seed))
     ode = {id(p) for p in module.parameters()}
     if cfg.ode_only:
         for p in model.parameters():
             p.requires_grad_(id(p) in ode)
-    schedule = ClexPositions(b.original_max_position_embeddings, cfg.max_t, cfg.positions)
+    schedule = ClexPositions(b.original_max_position_embeddings, cfg.max_t, cfg.positions, cfg.chunks)
     history = train_causal_lm(model, blocks, cfg.train, position_ids=schedule, describe=schedule.describe,
-                              on_step=on_step, checkpoint_dir=checkpoint_dir)
+                              on_step=(lambda record: on_step(record, schedule.t)) if on_step else None,
+                              checkpoint_dir=checkpoint_dir)
     for p in model.parameters():
         p.requires_grad_(True)
     return module, history

@@ -97,3 +97,25 @@ def plot_search_curves(seeds: Mapping[str, Sequence[float]], best_per_generation
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path, plt)
+
+
+def plot_clex_basis(learned: Mapping[int, Sequence[float]], ntk: Mapping[int, Sequence[float]],
+                    base: Sequence[float], path: str | Path, title: str) -> Path:
+    """CLEX's learned frequency basis against the NTK-style basis it started from, per scale t (paper Fig. 8):
+    inv_freq per rotary dimension (log y); solid = learned, dashed = NTK with α = 2t − 1, black = unscaled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(range(len(base)), list(base), color="black", linewidth=1.2, label="base (t = 1)")
+    colours = plt.get_cmap("viridis")
+    for k, t in enumerate(sorted(learned)):
+        colour = colours(k / max(1, len(learned) - 1))
+        ax.plot(range(len(learned[t])), list(learned[t]), color=colour, linewidth=1.6, label=f"CLEX t = {t}")
+        if t in ntk:
+            ax.plot(range(len(ntk[t])), list(ntk[t]), color=colour, linewidth=1.0, linestyle="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("rotary dimension i (0 = highest frequency)")
+    ax.set_ylabel("inverse frequency (dashed: NTK-style, α = 2t − 1)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path, plt)

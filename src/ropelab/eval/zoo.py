@@ -17,10 +17,11 @@ import torch
 from ropelab.errors import RopelabError
 from ropelab.eval.passkey import PasskeyResult, accuracy_table, passkey_trial, random_key
 from ropelab.eval.perplexity import PerplexityResult, perplexity, sliding_perplexity
-from ropelab.rope.hf import RopeBasics, install_rope, uninstall_rope
+from ropelab.rope.hf import RopeBasics, install_rope, install_rotary, specs_from_config, uninstall_rope
 from ropelab.rope.registry import RopeSpec
 
 SpecPair = tuple[RopeSpec, RopeSpec | None]  # (long, short)
+Setting = SpecPair | torch.nn.Module  # specs for the registry, or a whole rotary module (CLEX)
 
 
 def _scale(length: int, basics: RopeBasics) -> float:
@@ -42,7 +43,8 @@ BASELINES: dict[str, Callable[[int, RopeBasics], RopeSpec]] = {
 
 def baseline(name: str) -> Callable[[int, RopeBasics], SpecPair]:
     if name not in BASELINES:
-        raise RopelabError(f"unknown zoo method {name!r}; baselines: {', '.join(BASELINES)} (λ sets come as files)")
+        raise RopelabError(f"unknown zoo method {name!r}; baselines: {', '.join(BASELINES)}, or native (the "
+                           "model's own RoPE); λ sets come as files")
     return lambda n, b: (BASELINES[name](n, b), None)
 
 
@@ -51,13 +53,30 @@ def fixed(long: RopeSpec, short: RopeSpec | None = None) -> Callable[[int, RopeB
     return lambda n, b: (long, short)
 
 
+def native(model, path) -> Callable[[int, RopeBasics], Setting]:
+    """The model's own RoPE as saved: its rope_parameters, or CLEX when the directory is a CLEX export."""
+    from ropelab.clex.io import clex_module_from_export, is_clex_export
+
+    if path and is_clex_export(path):
+        module = clex_module_from_export(path, model.config)
+        return lambda n, b: module
+    return fixed(*specs_from_config(model.config))
+
+
+def install_setting(model, setting: Setting) -> None:
+    if isinstance(setting, torch.nn.Module):
+        install_rotary(model, setting)
+    else:
+        install_rope(model, *setting)
+
+
 @dataclass(frozen=True)
 class ZooCell:
     method: str
     result: PerplexityResult
 
 
-def evaluate_ppl_grid(model, basics: RopeBasics, methods: Mapping[str, Callable[[int, RopeBasics], SpecPair]],
+def evaluate_ppl_grid(model, basics: RopeBasics, methods: Mapping[str, Callable[[int, RopeBasics], Setting]],
                       windows: Mapping[int, torch.Tensor], *, protocol: str = "truncated", stride: int | None = None,
                       on_cell: Callable[[ZooCell], None] | None = None) -> list[ZooCell]:
     """PPL of every method at every length (the same windows for all methods)."""
@@ -65,7 +84,7 @@ def evaluate_ppl_grid(model, basics: RopeBasics, methods: Mapping[str, Callable[
     try:
         for name, make in methods.items():
             for length, data in sorted(windows.items()):
-                install_rope(model, *make(length, basics))
+                install_setting(model, make(length, basics))
                 result = (perplexity(model, data) if protocol == "truncated"
                           else sliding_perplexity(model, data, length, stride or length))
                 cells.append(ZooCell(name, result))
@@ -77,7 +96,7 @@ def evaluate_ppl_grid(model, basics: RopeBasics, methods: Mapping[str, Callable[
 
 
 def evaluate_passkey_grid(model, tokenizer, basics: RopeBasics,
-                          methods: Mapping[str, Callable[[int, RopeBasics], SpecPair]], lengths: Sequence[int],
+                          methods: Mapping[str, Callable[[int, RopeBasics], Setting]], lengths: Sequence[int],
                           depths: Sequence[float], trials: int, generator: torch.Generator,
                           on_trial: Callable[[str, PasskeyResult], None] | None = None) -> dict[str, list[PasskeyResult]]:
     """Passkey results per method; keys are drawn once, so every method answers the same prompts."""
@@ -86,7 +105,7 @@ def evaluate_passkey_grid(model, tokenizer, basics: RopeBasics,
     try:
         for name, make in methods.items():
             for (n, d, _), key in keys.items():
-                install_rope(model, *make(n, basics))
+                install_setting(model, make(n, basics))
                 out.setdefault(name, []).append(passkey_trial(model, tokenizer, n, d, key))
                 if on_trial is not None:
                     on_trial(name, out[name][-1])
