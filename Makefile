@@ -17,9 +17,10 @@ $(VENV)/.setup-done: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
 	touch $@
 
-# The main job on the embedded default: data (DVC) → tiny base model → method-zoo evaluation, tracked in MLflow.
+# The main job on the embedded default: the whole pipeline (data → tiny base → LongRoPE → CLEX → evaluation →
+# export), tracked in MLflow.
 demo: setup
-	$(BIN)/ropelab evaluate --config configs/tiny.yaml
+	$(BIN)/ropelab pipeline --config configs/tiny.yaml
 
 test: setup
 	$(BIN)/python -m pytest
