@@ -41,7 +41,7 @@ def clex_flow(config: dict, parent_run_id: str | None = None, model: dict | None
             model["path"], model["fingerprint"], data_md5, cfg.clex, run_id)
         tracking.log_metrics(run_id, {"clex/final_loss": trained["final_loss"], "clex/seconds": trained["seconds"]})
         tracking.log_artifact(run_id, Path(trained["plot"]), "plots")
-        tracking.log_artifact(run_id, Path(trained["path"]) / "clex.json", "model")
+        tracking.log_artifact(run_id, Path(trained["path"]), "model")  # the checkpoint: stock dir + CLEX table
         tracking.set_tags(run_id, {"model.path": trained["path"], "model.fingerprint": trained["fingerprint"]})
     result = {**trained, "run_id": run_id, "data": model["data"]}
     if cfg.clex.compare_pi_scale:
