@@ -42,6 +42,10 @@ def run_flow(args) -> int:
     from ropelab.config import load_config, to_dict
 
     config = load_config(args.config, args.overrides)  # errors before any flow machinery starts
+    if args.command == "clex" or (args.command == "pipeline" and config.pipeline.clex):
+        from ropelab.clex.train import check_config
+
+        check_config(config.clex)
     if args.refresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     if getattr(args, "dry_run", False):

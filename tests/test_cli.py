@@ -71,6 +71,8 @@ def test_lambda_file_accepts_json_list(capsys, tmp_path):
     (["rope", "show", "--method", "longrope", *SETTING, "--rescale-factors", "/nonexistent/l.txt"], "cannot read"),
     (["rope", "show", "--method", "linear", "--factor", "0.5"], "factor must be >= 1"),
     (["rope", "show", "--method", "yarn", "--factor", "4"], "needs original_max_position_embeddings"),
+    (["clex", "--set", "clex.max_t=0", "--set", "clex.positions=zigzag"], "max_t must be ≥ 1 (got 0); positions"),
+    (["pipeline", "--set", "clex.time_dt=0"], "time_dt must be in (0, 1]"),
 ])
 def test_user_mistakes_give_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)
