@@ -13,7 +13,7 @@ from ropelab.config import ClexConfig, TrainConfig
 from ropelab.errors import RopelabError
 from ropelab.rope.hf import greedy_generate, install_rope, uninstall_rope
 from ropelab.rope.registry import RopeSpec
-from ropelab.train.loop import NonFiniteLossError
+from ropelab.train.loop import NonFiniteLossError, train_causal_lm
 
 L = 16
 
@@ -176,16 +176,12 @@ def test_ode_only_training_leaves_the_model_untouched(tiny_llama):
 def test_non_finite_training_names_the_step_and_t(tiny_llama):
     model = tiny_llama(max_position_embeddings=L, layers=1)
     module = install_clex(model, ClexConfig(max_t=4))
-    uninstall_rope(model)
     with torch.no_grad():
         module.dynamics.down.fill_(float("nan"))  # the ODE breaks for every t > 1; t = 1 bypasses it
-    model.model.rotary_emb = module
-    cfg = small_training(steps=50)
-    from ropelab.clex.train import ClexPositions as Schedule
-    from ropelab.train.loop import train_causal_lm
-    schedule = Schedule(L, 4)
+    schedule = ClexPositions(L, 4)
     with pytest.raises(NonFiniteLossError, match=r"step \d+ \(t = [234]\)"):
-        train_causal_lm(model, blocks(), cfg.train, position_ids=schedule, describe=schedule.describe)
+        train_causal_lm(model, blocks(), small_training(steps=50).train, position_ids=schedule,
+                        describe=schedule.describe)
 
 
 @torch.no_grad()

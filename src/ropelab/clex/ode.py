@@ -29,26 +29,28 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"tanh": nn.Tanh, "silu": nn.S
 BACKENDS = ("rk4", "torchdiffeq")
 
 
-def _exponents(head_dim: int) -> torch.Tensor:
+def _exponents(head_dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """2i / (d − 2) for i = 0 … d/2 − 1: how strongly NTK scaling slows dimension i."""
-    return 2.0 * torch.arange(head_dim // 2, dtype=torch.float32) / (head_dim - 2)
+    return 2.0 * torch.arange(head_dim // 2, dtype=dtype) / (head_dim - 2)
 
 
-def ntk_alpha(t: float | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(t, dtype=torch.float32)
+def ntk_alpha(t: float | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=dtype)
     return torch.where(t < 1, torch.ones_like(t), 2 * t - 1)
 
 
-def ntk_log_frequencies(t: float | torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
-    """log ξ(t), shape (d/2,), fp32."""
-    return torch.log(rope_frequencies(head_dim, base).float()) - _exponents(head_dim) * torch.log(ntk_alpha(t))
+def ntk_log_frequencies(t: float | torch.Tensor, head_dim: int, base: float,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """log ξ(t), shape (d/2,)."""
+    log_theta = torch.log(rope_frequencies(head_dim, base).float()).to(dtype)
+    return log_theta - _exponents(head_dim, dtype) * torch.log(ntk_alpha(t, dtype))
 
 
-def ntk_log_frequency_rate(t: float | torch.Tensor, head_dim: int) -> torch.Tensor:
+def ntk_log_frequency_rate(t: float | torch.Tensor, head_dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """d/dt log ξ(t) = −(2i/(d−2)) · α'(t)/α(t), with α' = 2 for t ≥ 1 and 0 below."""
-    t = torch.as_tensor(t, dtype=torch.float32)
+    t = torch.as_tensor(t, dtype=dtype)
     slope = torch.where(t < 1, torch.zeros_like(t), torch.full_like(t, 2.0))
-    return -_exponents(head_dim) * slope / ntk_alpha(t)
+    return -_exponents(head_dim, dtype) * slope / ntk_alpha(t, dtype)
 
 
 class ClexDynamics(nn.Module):
@@ -69,7 +71,6 @@ class ClexDynamics(nn.Module):
         self.activation = ACTIVATIONS[activation]()
         nn.init.kaiming_uniform_(self.up, a=math.sqrt(5), generator=generator)  # as the reference
         self.register_buffer("log_theta", torch.log(rope_frequencies(head_dim, base).float()), persistent=False)
-        self.register_buffer("exponents", _exponents(head_dim), persistent=False)
         self._time_terms: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def time_terms(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,12 +82,9 @@ class ClexDynamics(nn.Module):
         return self._time_terms[key]
 
     def _compute_time_terms(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        t = t.to(self.log_theta.device, dtype)
-        below = t < 1
-        alpha = torch.where(below, torch.ones_like(t), 2 * t - 1)
-        slope = torch.where(below, torch.zeros_like(t), torch.full_like(t, 2.0))
-        log_theta, exponents = self.log_theta.to(dtype), self.exponents.to(dtype)
-        return log_theta - exponents * torch.log(alpha), -exponents * slope / alpha
+        device = self.log_theta.device
+        return (ntk_log_frequencies(t.cpu(), self.head_dim, self.base, dtype).to(device),
+                ntk_log_frequency_rate(t.cpu(), self.head_dim, dtype).to(device))
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         log_xi, rate = self.time_terms(torch.as_tensor(t), z.dtype)
