@@ -1,6 +1,6 @@
 """CLEX training overhead: the same fine-tune with and without the ODE, measured side by side.
 
-Usage: .venv/bin/python bench/clex_overhead.py [--steps 12] [--batch-size 8] [--seq-len 256] [--max-t 8]
+Usage: .venv/bin/python bench/clex_overhead.py [--steps 24] [--batch-size 8] [--seq-len 256] [--max-t 8]
        [--time-dt 0.01 0.05]
 Both arms train a freshly initialised model of the embedded default's shape on the same random blocks with the
 same gapped CLEX positions (so attention work is identical); the baseline installs a fixed RoPE (PI at max_t),
@@ -32,7 +32,7 @@ def step_seconds(model, blocks, cfg: TrainConfig, schedule) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--max-t", type=int, default=8)

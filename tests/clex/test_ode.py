@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from ropelab.clex.fused import Rk4ThroughDynamics
 from ropelab.clex.ode import (
     ClexDynamics,
     frequency_table,
     ntk_log_frequencies,
     ntk_log_frequency_rate,
-    rk4_solve,
     solve,
 )
 from ropelab.errors import RopelabError
@@ -41,41 +41,77 @@ def test_time_rate_is_the_derivative_of_the_time_embedding():
         torch.testing.assert_close(ntk_log_frequency_rate(t, 32).double(), numeric, rtol=5e-3, atol=1e-4)
 
 
-def test_rk4_matches_a_closed_form_and_is_fourth_order():
-    # dz/dt = z·cos(t)  →  z(t) = z0 · exp(sin t − sin t0)
-    z0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
-    times = torch.tensor([1.0, 3.0, 6.0], dtype=torch.float64)
-    exact = torch.stack([z0 * math.exp(math.sin(float(t)) - math.sin(1.0)) for t in times])
+def _fused(dynamics, times, step, up=None, down=None):
+    """The library's solver in fp64 end to end (``solve`` hands back fp32)."""
+    steps, ends, log_xi, rate = dynamics.stage_terms(times, step, torch.float64)
+    up = dynamics.up.double() if up is None else up
+    down = dynamics.down.double() if down is None else down
+    return Rk4ThroughDynamics.apply(dynamics.log_theta.double(), up, down, log_xi, rate, steps, ends,
+                                    dynamics.activation_name)
 
-    def f(t, z):
-        return z * torch.cos(t.double())
 
-    errors = [float((rk4_solve(f, z0, times, dt) - exact).abs().max()) for dt in (0.2, 0.1)]
+def _autograd_rk4(f, z0, times, step):
+    """A textbook 3/8-rule RK4 with autograd through every op: the reference for the fused solver."""
+    out, z = [z0], z0
+    for t0, t1 in zip(times[:-1], times[1:], strict=True):
+        n = max(1, math.ceil((t1 - t0) / step - 1e-9))
+        h = (t1 - t0) / n
+        for k in range(n):
+            t = t0 + k * h
+            k1 = f(t, z)
+            k2 = f(t + h / 3, z + h * k1 / 3)
+            k3 = f(t + 2 * h / 3, z + h * (k2 - k1 / 3))
+            k4 = f(t + h, z + h * (k1 - k2 + k3))
+            z = z + h * (k1 + 3 * (k2 + k3) + k4) / 8
+        out.append(z)
+    return torch.stack(out)
+
+
+def test_solver_is_fourth_order_against_the_closed_form():
+    # untrained (W_down = 0): dz/dt = d/dt log ξ(t), so z(t) = log ξ(t) exactly and the 3/8 rule is a quadrature
+    dynamics = ClexDynamics(32, 1e4, generator=torch.Generator().manual_seed(0))
+    exact = ntk_log_frequencies(torch.tensor([[1.0], [3.0], [6.0]], dtype=torch.float64), 32, 1e4, torch.float64)
+    errors = [float((_fused(dynamics, [1.0, 3.0, 6.0], dt).detach() - exact).abs().max()) for dt in (0.2, 0.1)]
     assert errors[1] < 1e-5
-    assert 10 < errors[0] / errors[1] < 25  # halving the step divides the error by ≈ 2⁴
+    assert 12 < errors[0] / errors[1] < 20  # halving the step divides the error by ≈ 2⁴
 
 
-def test_gradients_flow_through_the_solver():
-    dynamics = ClexDynamics(8, 100.0, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("activation", ["tanh", "silu"])
+def test_fused_solver_equals_autograd_through_a_textbook_rk4(activation):
+    dynamics = ClexDynamics(16, 1e4, activation=activation, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dynamics.down.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(3, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    times = [1.0, 2.5, 4.0]  # several outputs: gradients enter the backward walk at each of them
+
+    fused = _fused(dynamics, times, 0.1)
+    (fused * weights).sum().backward()
+    fused_grads = [p.grad.clone() for p in (dynamics.up, dynamics.down)]
+    dynamics.zero_grad()
+    reference = _autograd_rk4(dynamics, dynamics.log_theta.double(), times, 0.1)
+    (reference * weights).sum().backward()
+
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-12)
+    for ours, theirs in zip(fused_grads, (dynamics.up.grad, dynamics.down.grad), strict=True):
+        assert theirs.abs().max() > 0.1  # a gradient that could be wrong
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "silu"])
+def test_gradcheck_through_the_solver(activation):
+    dynamics = ClexDynamics(8, 100.0, activation=activation, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         dynamics.down.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
-    z0 = dynamics.log_theta.clone()
-    z0 = z0.double()
     up, down = dynamics.up.detach().double(), dynamics.down.detach().double()
 
-    def as_function(u, d):  # gradcheck needs the solution as a function of the parameters
-        return rk4_solve(lambda t, z: _rhs(dynamics, t, z, u, d), z0, torch.tensor([1.0, 2.0]), 0.25)[-1]
+    def as_function(u, d):
+        return _fused(dynamics, [1.0, 1.5, 2.0], 0.25, u, d)
 
     assert torch.autograd.gradcheck(as_function, (up.requires_grad_(), down.requires_grad_()), eps=1e-6, atol=1e-5)
-    # and the module's own parameters receive that gradient
-    rk4_solve(dynamics, z0, torch.tensor([1.0, 2.0]), 0.25)[-1].sum().backward()
-    expected = torch.autograd.grad(as_function(up, down).sum(), down)[0]
+    # and `solve` hands the module's own parameters that gradient
+    solve(dynamics, torch.tensor([1.0, 2.0]), 0.25)[-1].double().sum().backward()
+    expected = torch.autograd.grad(as_function(up, down)[-1].sum(), down)[0]
     torch.testing.assert_close(dynamics.down.grad.double(), expected, rtol=1e-5, atol=1e-6)
-
-
-def _rhs(dynamics, t, z, up, down):
-    log_xi, rate = dynamics.time_terms(torch.as_tensor(t), z.dtype)
-    return dynamics.activation((z + log_xi) @ up) @ down + rate
 
 
 def test_parameter_count_and_zero_init():
@@ -101,3 +137,5 @@ def test_bad_settings_are_clear_errors():
         solve(ClexDynamics(16, 1e4), torch.tensor([1.0, 2.0]), backend="euler")
     with pytest.raises(RopelabError, match="time_dt"):
         solve(ClexDynamics(16, 1e4), torch.tensor([1.0, 2.0]), step=0.0)
+    with pytest.raises(RopelabError, match="increasing"):
+        solve(ClexDynamics(16, 1e4), torch.tensor([1.0, 3.0, 2.0]))
