@@ -22,10 +22,11 @@ def pi_comparison_config(config: dict, cfg: RunConfig) -> dict:
     return out
 
 
-def native_eval(config: dict):
-    """The eval section with only the model's own RoPE (CLEX, or the fine-tune's rope_parameters)."""
+def native_eval(config: dict, original_length: int):
+    """The eval section with only the model's own RoPE (CLEX, or the fine-tune's rope_parameters), at multiples
+    of the base model's L (a stock PI export's config records only its extended length)."""
     return build(RunConfig, {**config, "eval": {**config.get("eval", {}), "methods": ["native"],
-                                                 "rescale_factor_files": []}}).eval
+                                                 "rescale_factor_files": [], "original_length": original_length}}).eval
 
 
 @flow(name="clex")
@@ -60,7 +61,8 @@ def evaluate_clex(cfg: RunConfig, config: dict, parent_run_id: str | None, clex:
         with tracking.stage_run(f"evaluate-{name.split()[0]}", cfg, parent_run_id=parent_run_id,
                                 data_version=clex["data"]["md5"], consumed={"model": trained["run_id"]}) as run_id:
             report = evaluate_zoo.with_options(refresh_cache=refresh)(
-                trained["path"], trained["fingerprint"], clex["data"]["md5"], native_eval(config), {}, run_id)
+                trained["path"], trained["fingerprint"], clex["data"]["md5"],
+                native_eval(config, clex["original_length"]), {}, run_id)
             tracking.log_metrics(run_id, {f"ppl/{name.split()[0]}/{n}": v for n, v in report["table"]["native"].items()})
             tracking.log_artifact(run_id, Path(report["dir"]), "zoo")
         clex.setdefault("reports", {})[name] = report

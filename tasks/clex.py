@@ -78,4 +78,5 @@ def train_clex_model(model_path: str, model_fp: str, data_md5: str, cfg: ClexCon
          "tokens": history[-1].tokens}, indent=2))
     shutil.rmtree(directory / "checkpoint", ignore_errors=True)  # done: the export replaces it
     return {"path": str(out), "fingerprint": fingerprint(out), "first_loss": history[0].loss,
-            "final_loss": history[-1].loss, "seconds": seconds, "tokens": history[-1].tokens, "plot": str(plot)}
+            "final_loss": history[-1].loss, "seconds": seconds, "tokens": history[-1].tokens, "plot": str(plot),
+            "original_length": L}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ def evaluate_zoo(model_path: str, model_fingerprint: str, data_md5: str, cfg: Ev
     "short": spec dict | None}}, e.g. a pipeline's final factor sets); report into artifacts/ and MLflow."""
     model, tokenizer = load_model(model_path)
     basics = rope_basics(model.config)
+    if cfg.original_length:
+        basics = dataclasses.replace(basics, original_max_position_embeddings=cfg.original_length)
     lengths = [basics.original_max_position_embeddings * m for m in cfg.length_multipliers]
     methods = {name: zoo.native(model, model_path) if name == "native" else zoo.baseline(name)
                for name in cfg.methods}

@@ -85,6 +85,9 @@ class EvalConfig:
     stride: int = doc("sliding protocol: stride S in tokens (references use 256)", 256)
     passkey_depths: tuple[float, ...] = doc("passkey needle depths (fractions of the filler)", (0.1, 0.5, 0.9))
     passkey_trials: int = doc("passkey prompts per (length, depth); 0 disables passkey", 1)
+    original_length: int = doc("the model's original context length L, from which the evaluation lengths are "
+                               "multiples (0: from its config; set it for a PI export, whose config records "
+                               "only the extended length)", 0)
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,8 @@ class PipelineConfig:
     final_search_iterations: int = doc("generations of the stage-2 search (0: search.iterations); its fitness "
                                        "runs at the longest length, so small presets make it cheaper", 0)
     final_search_evo_scale: float = doc("evo_scale of the stage-2 search (0: search.evo_scale)", 0.0)
+    final_search_windows: int = doc("fitness windows of the stage-2 search (0: search.num_windows); each is "
+                                    "r3 × the fine-tuned length long", 0)
     recovery_iterations: int = doc("generations of the recovery searches (0: search.iterations)", 0)
     first_finetune_steps: int = doc("fine-tuning steps at L·r1 with the r1 factors (paper: 400)", 400)
     second_finetune_steps: int = doc("fine-tuning steps at L·r2 with the r2 factors (paper: 600)", 600)

@@ -9,6 +9,7 @@ from ropelab.errors import RopelabError
 from ropelab.eval import zoo
 from ropelab.eval.perplexity import truncated_windows
 from ropelab.rope.hf import rope_basics
+from ropelab.rope.registry import RopeSpec
 
 L = 32
 
@@ -64,3 +65,26 @@ def test_reports(setup):
 def test_unknown_zoo_method():
     with pytest.raises(RopelabError, match="baselines: none, pi"):
         zoo.baseline("rope-magic")
+
+
+def test_a_short_set_is_evaluated_only_where_it_is_used(setup):
+    """Two settings that differ only in their short set are the same RoPE beyond L: computed once there."""
+    model, basics, windows = setup
+    long = RopeSpec("linear", basics.head_dim, basics.base, factor=4.0)
+    short = RopeSpec("linear", basics.head_dim, basics.base, factor=1.5)
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        def count(methods, lengths):
+            forwards.clear()
+            cells = zoo.evaluate_ppl_grid(model, basics, methods, {n: windows[n] for n in lengths})
+            return len(forwards), zoo.ppl_table(cells)
+
+        alone, _ = count({"long": zoo.fixed(long)}, windows)
+        both, table = count({"long": zoo.fixed(long), "long+short": zoo.fixed(long, short)}, windows)
+        at_l, _ = count({"long": zoo.fixed(long)}, [L])
+    finally:
+        hook.remove()
+    assert both - alone == at_l  # the second setting cost only its evaluation at L
+    assert table["long+short"][L] != table["long"][L]  # where the short set is used, it is evaluated
+    assert all(table["long+short"][n] == table["long"][n] for n in (2 * L, 4 * L))

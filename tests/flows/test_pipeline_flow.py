@@ -124,6 +124,8 @@ def test_clex_stage_is_trained_exported_and_compared(first):
     rows = result["combined"]
     assert {"clex", "pi-4x fine-tuned", "finetuned:progressive", "base:yarn"} <= set(rows)
     assert set(rows["clex"]) == {"64", "128", "256", "512", "1024"}
+    # the PI export's config records only its extended length: evaluated at multiples of the base L all the same
+    assert set(rows["pi-4x fine-tuned"]) == set(rows["clex"])
     assert "| clex |" in result["summary"] and "| pi-4x fine-tuned |" in result["summary"]
 
 

@@ -63,6 +63,17 @@ def native(model, path) -> Callable[[int, RopeBasics], Setting]:
     return fixed(*specs_from_config(model.config))
 
 
+def effective_setting(setting: Setting, length: int, basics: RopeBasics) -> tuple | None:
+    """What the model computes with for inputs of this length, as a comparable key: a short set is used only up
+    to L (transformers' longrope rule; both sets share the long set's attention factor), so e.g. the
+    progressive λ with and without recovery factors are the same RoPE beyond L and are evaluated once there.
+    None for a rotary module (CLEX): never shared."""
+    if isinstance(setting, torch.nn.Module):
+        return None
+    long, short = setting
+    return long, short if length <= basics.original_max_position_embeddings else None
+
+
 def install_setting(model, setting: Setting) -> None:
     if isinstance(setting, torch.nn.Module):
         install_rotary(model, setting)
@@ -79,14 +90,19 @@ class ZooCell:
 def evaluate_ppl_grid(model, basics: RopeBasics, methods: Mapping[str, Callable[[int, RopeBasics], Setting]],
                       windows: Mapping[int, torch.Tensor], *, protocol: str = "truncated", stride: int | None = None,
                       on_cell: Callable[[ZooCell], None] | None = None) -> list[ZooCell]:
-    """PPL of every method at every length (the same windows for all methods)."""
-    cells = []
+    """PPL of every method at every length (the same windows for all methods). A setting that computes the
+    same RoPE as one already evaluated at that length (see ``effective_setting``) reuses its result."""
+    cells, done = [], {}
     try:
         for name, make in methods.items():
             for length, data in sorted(windows.items()):
-                install_setting(model, make(length, basics))
-                result = (perplexity(model, data) if protocol == "truncated"
-                          else sliding_perplexity(model, data, length, stride or length))
+                setting = make(length, basics)
+                key = effective_setting(setting, length, basics)
+                if key is None or (key, length) not in done:
+                    install_setting(model, setting)
+                    done[(key, length)] = (perplexity(model, data) if protocol == "truncated"
+                                           else sliding_perplexity(model, data, length, stride or length))
+                result = done[(key, length)]
                 cells.append(ZooCell(name, result))
                 if on_cell is not None:
                     on_cell(cells[-1])
@@ -102,11 +118,16 @@ def evaluate_passkey_grid(model, tokenizer, basics: RopeBasics,
     """Passkey results per method; keys are drawn once, so every method answers the same prompts."""
     keys = {(n, d, t): random_key(generator) for n in lengths for d in depths for t in range(trials)}
     out: dict[str, list[PasskeyResult]] = {}
+    done: dict = {}
     try:
         for name, make in methods.items():
-            for (n, d, _), key in keys.items():
-                install_setting(model, make(n, basics))
-                out.setdefault(name, []).append(passkey_trial(model, tokenizer, n, d, key))
+            for (n, d, t), key in keys.items():
+                setting = make(n, basics)
+                same = effective_setting(setting, n, basics)
+                if same is None or (same, n, d, t) not in done:
+                    install_setting(model, setting)
+                    done[(same, n, d, t)] = passkey_trial(model, tokenizer, n, d, key)
+                out.setdefault(name, []).append(done[(same, n, d, t)])
                 if on_trial is not None:
                     on_trial(name, out[name][-1])
     finally:
