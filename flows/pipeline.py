@@ -87,7 +87,8 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
             ft2["path"], ft2["fingerprint"], base["data"]["md5"], final_long,
             {"recovery": searched_short, "long": final_long}, cfg.search.num_windows, cfg.search.seed)
         short = choice["short"]
-        clex = clex_flow(config, parent, model=base, refresh=refresh("clex"), evaluate=False) if p.clex else None
+        clex_config = config if p.clex_compare_pi else derive(config, clex={"compare_pi_scale": 0})
+        clex = clex_flow(clex_config, parent, model=base, refresh=refresh("clex"), evaluate=False) if p.clex else None
         reports = evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, refresh("evaluate"))
         combined = combined_table(reports)
         if clex is not None:

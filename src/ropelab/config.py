@@ -171,6 +171,8 @@ class PipelineConfig:
     first_finetune_steps: int = doc("fine-tuning steps at L·r1 with the r1 factors (paper: 400)", 400)
     second_finetune_steps: int = doc("fine-tuning steps at L·r2 with the r2 factors (paper: 600)", 600)
     clex: bool = doc("run the CLEX stage (trained on the base model) and compare it in the final evaluation", True)
+    clex_compare_pi: bool = doc("the CLEX stage also fine-tunes PI on the same tokens (clex.compare_pi_scale), as "
+                                "`ropelab clex` does; off: CLEX is compared with the LongRoPE stages only", True)
 
 
 @dataclass(frozen=True)
