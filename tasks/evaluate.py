@@ -53,6 +53,8 @@ def evaluate_zoo(model_path: str, model_fingerprint: str, data_md5: str, cfg: Ev
     "short": spec dict | None}}, e.g. a pipeline's final factor sets); report into artifacts/ and MLflow."""
     model, tokenizer = load_model(model_path)
     basics = rope_basics(model.config)
+    if cfg.original_length < 0:
+        raise RopelabError(f"eval.original_length must be ≥ 0 (0: from the model's config), got {cfg.original_length}")
     if cfg.original_length:
         basics = dataclasses.replace(basics, original_max_position_embeddings=cfg.original_length)
     lengths = [basics.original_max_position_embeddings * m for m in cfg.length_multipliers]

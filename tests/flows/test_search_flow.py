@@ -68,3 +68,12 @@ def test_rerun_is_all_cache_hits_with_the_same_result(searched):
     after = fitness_cache_rows(searched)
     assert after == before and len(after) >= searched["evaluated"]  # the rerun evaluated nothing
     assert len(set(after)) == len(after)  # no candidate was ever evaluated twice
+
+
+def test_zero_or_negative_search_windows_is_a_clear_error():
+    from ropelab.errors import RopelabError
+    from tasks.search import windows_for
+
+    for count in (0, -2):  # e.g. --set pipeline.final_search_windows=-2 used to run a search on no windows
+        with pytest.raises(RopelabError, match="at least one validation window"):
+            windows_for(None, None, "validation", count, 0)
