@@ -77,9 +77,12 @@ class ClexDynamics(nn.Module):
 
     def time_terms(self, t: float, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(log ξ(t), d/dt log ξ(t)) for one time, on the module's device, in ``dtype``."""
+        return self._ntk_terms(torch.tensor(float(t), dtype=torch.float64), dtype)
+
+    def _ntk_terms(self, when: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.log_theta.device
-        return (ntk_log_frequencies(float(t), self.head_dim, self.base, dtype).to(device),
-                ntk_log_frequency_rate(float(t), self.head_dim, dtype).to(device))
+        return (ntk_log_frequencies(when, self.head_dim, self.base, dtype).to(device),
+                ntk_log_frequency_rate(when, self.head_dim, dtype).to(device))
 
     def stage_terms(self, times: list[float], step: float, dtype: torch.dtype) -> tuple:
         """The RK4 grid from times[0] to times[-1] and the time terms at all its stages, (steps, 4, d/2) each;
@@ -87,11 +90,7 @@ class ClexDynamics(nn.Module):
         key = (tuple(times), float(step), dtype, self.log_theta.device)
         if key not in self._stage_terms:
             steps, ends = rk4_grid(times, step)
-            when = stage_times(steps)[..., None]
-            device = self.log_theta.device
-            self._stage_terms[key] = (steps, ends,
-                                      ntk_log_frequencies(when, self.head_dim, self.base, dtype).to(device),
-                                      ntk_log_frequency_rate(when, self.head_dim, dtype).to(device))
+            self._stage_terms[key] = (steps, ends, *self._ntk_terms(stage_times(steps)[..., None], dtype))
         return self._stage_terms[key]
 
     def forward(self, t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
