@@ -73,7 +73,7 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
                             parent, model=ft1, refresh=refresh("finetune2"))
         stage2 = search_flow(derive(config, search={"scale": p.final_ratio, **overrides(
                                  iterations=p.final_search_iterations, evo_scale=p.final_search_evo_scale,
-                                 num_windows=p.final_search_windows)}),
+                                 num_windows=p.final_search_windows, test_windows=p.final_search_test_windows)}),
                              parent, model=ft2, refresh=refresh("search2"))
         final_long = lambda_spec(stage2["lambda"], ft2["path"])
         recovery = {r: search_flow(derive(config, search={"scale": r, "mode": "recovery", "start_tokens": "none",

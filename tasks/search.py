@@ -72,8 +72,9 @@ def evolution_config(cfg: SearchConfig) -> EvolutionConfig:
 
 def windows_for(tokenizer, space: SearchSpace, split: str, count: int, seed: int) -> torch.Tensor:
     if count < 1:
-        raise RopelabError(f"a search needs at least one {split} window, got {count} (search.num_windows, "
-                           "search.test_windows, pipeline.final_search_windows)")
+        knobs = ("search.num_windows, pipeline.final_search_windows" if split == "validation"
+                 else "search.test_windows, pipeline.final_search_test_windows")
+        raise RopelabError(f"a search needs at least one {split} window, got {count} ({knobs})")
     purpose = "search" if split == "validation" else "evaluate"
     docs = [tokenizer.encode(d.text) for d in CorpusReader(paths().corpus).documents(split, purpose)]
     return truncated_windows(docs, space.target_length, count, tokenizer.bos_token_id, torch.Generator().manual_seed(seed))

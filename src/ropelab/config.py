@@ -167,6 +167,9 @@ class PipelineConfig:
     final_search_evo_scale: float = doc("evo_scale of the stage-2 search (0: search.evo_scale)", 0.0)
     final_search_windows: int = doc("fitness windows of the stage-2 search (0: search.num_windows); each is "
                                     "r3 × the fine-tuned length long", 0)
+    final_search_test_windows: int = doc("held-out windows on which the stage-2 report re-scores the winner and "
+                                         "the seeds (0: search.test_windows); the evaluation stage scores the "
+                                         "final model on eval.num_windows anyway", 0)
     recovery_iterations: int = doc("generations of the recovery searches (0: search.iterations)", 0)
     first_finetune_steps: int = doc("fine-tuning steps at L·r1 with the r1 factors (paper: 400)", 400)
     second_finetune_steps: int = doc("fine-tuning steps at L·r2 with the r2 factors (paper: 600)", 600)
