@@ -63,7 +63,8 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
     with tracking.stage_run("pipeline", cfg) as parent:
         base = base_flow(config, parent, refresh=refresh("base"))
         tracking.set_tags(parent, {"data.version": base["data"]["md5"]})
-        stage1 = {r: search_flow(derive(config, search={"scale": r}), parent, model=base, refresh=refresh("search1"))
+        stage1 = {r: search_flow(derive(config, search={"scale": r}), parent, model=base, refresh=refresh("search1"),
+                                 stage=f"search1-{r:g}x")
                   for r in (r1, r2)}
         ft1 = finetune_flow(derive(config, finetune={"method": "longrope", "rescale_factors_file": stage1[r1]["lambda"],
                                                      "train": {"seq_len": int(L * r1), "steps": p.first_finetune_steps}}),
@@ -74,7 +75,7 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
         stage2 = search_flow(derive(config, search={"scale": p.final_ratio, **overrides(
                                  iterations=p.final_search_iterations, evo_scale=p.final_search_evo_scale,
                                  num_windows=p.final_search_windows, test_windows=p.final_search_test_windows)}),
-                             parent, model=ft2, refresh=refresh("search2"))
+                             parent, model=ft2, refresh=refresh("search2"), stage=f"search2-{p.final_ratio:g}x")
         final_long = lambda_spec(stage2["lambda"], ft2["path"])
         recovery = {r: search_flow(derive(config, search={"scale": r, "mode": "recovery", "start_tokens": "none",
                                                           **overrides(iterations=p.recovery_iterations),
@@ -99,7 +100,8 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
             tracking.log_artifact(parent, plot, "plots")
         export = export_final.with_options(refresh_cache=refresh("export"))(
             ft2["path"], ft2["fingerprint"], final_long, short, f"longrope-{cfg.preset}")
-        summary = write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, choice, reports, export, clex, combined)
+        summary = write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, choice, reports, export, clex, combined,
+                                tracking.stage_durations(parent))
         tracking.log_text(parent, summary, "summary.md")
         tracking.set_tags(parent, {"export.path": export["path"]})
     print(summary)
@@ -138,7 +140,15 @@ def evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, r
     return reports
 
 
-def write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, choice, reports, export, clex, combined) -> str:
+def stage_times_markdown(durations: list[tuple[str, float]]) -> str:
+    """Wall time per stage run, in the order they started (a cache hit shows as seconds)."""
+    rows = [f"| {name} | {seconds / 60:.2f} |" for name, seconds in durations]
+    total = sum(seconds for _, seconds in durations)
+    return "\n".join(["| stage | minutes |", "|---|---:|", *rows, f"| all stages | {total / 60:.2f} |"])
+
+
+def write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, choice, reports, export, clex, combined,
+                  durations: list[tuple[str, float]]) -> str:
     lines = [f"# ropelab pipeline: {cfg.preset}", "",
              f"- data version `{base['data']['md5']}`; base model `{base['path']}`",
              *[f"- search {r:g}× on the base model: test PPL {s['test_ppl']['winner']:.3f} "
@@ -156,4 +166,5 @@ def write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, choice, reports
               ""]
     for name, report in reports.items():
         lines += [f"## {name} model", "", Path(report["dir"], "zoo.md").read_text(), ""]
+    lines += ["## stage times", "", stage_times_markdown(durations), ""]
     return "\n".join(lines)

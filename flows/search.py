@@ -21,13 +21,14 @@ def log_generation(run_id: str, result: dict) -> None:
 
 @flow(name="search")
 def search_flow(config: dict, parent_run_id: str | None = None, model: dict | None = None,
-                refresh: bool = False) -> dict:
+                refresh: bool = False, stage: str = "") -> dict:
     """Search on ``model`` (a base-stage summary; default: run the base stage of this config).
-    ``refresh`` recomputes every generation instead of using cached ones."""
+    ``refresh`` recomputes every generation instead of using cached ones; ``stage`` names the MLflow run
+    (default: search-<s>x or recovery-<s>x)."""
     cfg = build(RunConfig, config)
     model = model or base_flow(config, parent_run_id=parent_run_id)
     args = (model["path"], model["fingerprint"], model["data"]["md5"], cfg.search)
-    stage = f"{'recovery' if cfg.search.mode == 'recovery' else 'search'}-{cfg.search.scale:g}x"
+    stage = stage or f"{'recovery' if cfg.search.mode == 'recovery' else 'search'}-{cfg.search.scale:g}x"
     with tracking.stage_run(stage, cfg, parent_run_id=parent_run_id,
                             data_version=model["data"]["md5"], consumed={"model": model["run_id"]}) as run_id:
         init, generation, final = (t.with_options(refresh_cache=refresh)

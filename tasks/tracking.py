@@ -90,6 +90,15 @@ def stage_run(stage: str, config: RunConfig, **kwargs) -> Iterator[str]:
     finish_run(run_id)
 
 
+def stage_durations(parent_run_id: str) -> list[tuple[str, float]]:
+    """(run name, seconds) of the parent's finished child runs, in the order they started."""
+    parent = client().get_run(parent_run_id)
+    children = client().search_runs([parent.info.experiment_id],
+                                    filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                    order_by=["attributes.start_time ASC"], max_results=1000)
+    return [(r.info.run_name, (r.info.end_time - r.info.start_time) / 1000) for r in children if r.info.end_time]
+
+
 def metric_name(name: str) -> str:
     """MLflow accepts alphanumerics, _ - . space : / in metric names; anything else becomes _."""
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)

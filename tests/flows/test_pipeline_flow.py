@@ -37,19 +37,36 @@ def first():
     return result, snapshot()
 
 
+def child_runs(parent_run_id: str) -> list:
+    from tasks import tracking
+
+    client = tracking.client()
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+
 def test_every_stage_ran_and_is_recorded(first):
     from tasks import tracking
 
     result, _ = first
     client = tracking.client()
-    parent = client.get_run(result["run_id"])
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    children = child_runs(result["run_id"])
     stages = {r.data.tags["ropelab.stage"] for r in children}
-    assert {"base", "search-2x", "search-4x", "finetune-128", "finetune-256", "recovery-1x", "recovery-2x",
-            "clex", "finetune-64", "evaluate-base", "evaluate-finetuned", "evaluate-clex", "evaluate-pi-4x"} <= stages
+    assert {"base", "search1-2x", "search1-4x", "finetune-128", "finetune-256", "search2-2x", "recovery-1x",
+            "recovery-2x", "clex", "finetune-64", "evaluate-base", "evaluate-finetuned", "evaluate-clex",
+            "evaluate-pi-4x"} <= stages
     assert all(r.data.tags["data.version"] == result["base"]["data"]["md5"] for r in children)
     assert "summary.md" in {a.path for a in client.list_artifacts(result["run_id"])}
+
+
+def test_summary_lists_the_wall_time_of_every_stage_run(first):
+    result, _ = first
+    children = child_runs(result["run_id"])
+    times = result["summary"].split("## stage times")[1]
+    rows = [line.split("|")[1:3] for line in times.strip().splitlines()[2:]]
+    assert sorted(name.strip() for name, _ in rows[:-1]) == sorted(r.info.run_name for r in children)
+    minutes = [float(m) for _, m in rows]
+    assert all(m >= 0 for m in minutes) and minutes[-1] == pytest.approx(sum(minutes[:-1]), abs=0.01 * len(rows))
 
 
 def test_stage_two_search_takes_its_own_iteration_count(first):
