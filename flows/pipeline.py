@@ -24,6 +24,7 @@ from flows.search import search_flow
 from ropelab.config import PIPELINE_STAGES, RunConfig, build
 from ropelab.errors import RopelabError
 from ropelab.eval.plots import plot_ppl_vs_length
+from ropelab.eval.zoo import ExtensionHeadline, extension_headline
 from tasks import tracking
 from tasks.evaluate import evaluate_zoo
 from tasks.export import choose_short_set, export_final, lambda_spec
@@ -100,8 +101,14 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
             tracking.log_artifact(parent, plot, "plots")
         export = export_final.with_options(refresh_cache=refresh("export"))(
             ft2["path"], ft2["fingerprint"], final_long, short, f"longrope-{cfg.preset}")
+        headline = extension_headline(combined["base:none"], combined["finetuned:progressive_recovery"], L,
+                                      final_length(cfg))
+        durations = tracking.stage_durations(parent)
+        tracking.log_metrics(parent, {"headline/final_length_ppl_over_base_at_L": headline.long_ratio,
+                                      "headline/change_at_L": headline.short_change,
+                                      **{f"minutes/{name}": seconds / 60 for name, seconds in durations}})
         summary = write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, choice, reports, export, clex, combined,
-                                tracking.stage_durations(parent))
+                                headline, durations)
         tracking.log_text(parent, summary, "summary.md")
         tracking.set_tags(parent, {"export.path": export["path"]})
     print(summary)
@@ -115,6 +122,11 @@ def combined_table(reports: dict) -> dict:
     return {f"{model}:{method}": row for model, report in reports.items() for method, row in report["table"].items()}
 
 
+def final_length(cfg: RunConfig) -> int:
+    """The progressive recipe's final length in tokens: L · r2 · r3."""
+    return cfg.model.context_length * int(round(cfg.pipeline.ratios[-1] * cfg.pipeline.final_ratio))
+
+
 def evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, refresh: bool) -> dict:
     """Zoo on the base model (baselines + search-only λ) and on the fine-tuned model (progressive λ,
     with and without the recovery short factors)."""
@@ -126,8 +138,7 @@ def evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, r
             base["path"], base["fingerprint"], base["data"]["md5"], base_eval,
             file_hashes(base_eval.rescale_factor_files), run_id)
         tracking.log_artifact(run_id, Path(reports["base"]["dir"]), "zoo")
-    final = int(round(cfg.pipeline.ratios[-1] * cfg.pipeline.final_ratio))  # the final length, in units of L
-    multipliers = sorted({*cfg.eval.length_multipliers, final})
+    multipliers = sorted({*cfg.eval.length_multipliers, final_length(cfg) // cfg.model.context_length})
     tuned_eval = build(RunConfig, derive(config, eval={"methods": [], "rescale_factor_files": [],
                                                        "length_multipliers": multipliers})).eval
     settings = {"progressive": {"long": final_long, "short": None},
@@ -148,8 +159,12 @@ def stage_times_markdown(durations: list[tuple[str, float]]) -> str:
 
 
 def write_summary(cfg, base, stage1, ft1, ft2, stage2, recovery, choice, reports, export, clex, combined,
-                  durations: list[tuple[str, float]]) -> str:
+                  headline: ExtensionHeadline, durations: list[tuple[str, float]]) -> str:
+    L = cfg.model.context_length
     lines = [f"# ropelab pipeline: {cfg.preset}", "",
+             f"**{final_length(cfg)} tokens: PPL {headline.final_at_final_length:.3f}, {headline.long_ratio:.2f}× the "
+             f"base model's {headline.base_at_L:.3f} at {L}; at {L}: {headline.final_at_L:.3f} "
+             f"({headline.short_change:+.1%})** (exported model, held-out windows)", "",
              f"- data version `{base['data']['md5']}`; base model `{base['path']}`",
              *[f"- search {r:g}× on the base model: test PPL {s['test_ppl']['winner']:.3f} "
                f"(best seed {min(v for k, v in s['test_ppl'].items() if k != 'winner'):.3f})" for r, s in stage1.items()],

@@ -88,3 +88,13 @@ def test_a_short_set_is_evaluated_only_where_it_is_used(setup):
     assert both - alone == at_l  # the second setting cost only its evaluation at L
     assert table["long+short"][L] != table["long"][L]  # where the short set is used, it is evaluated
     assert all(table["long+short"][n] == table["long"][n] for n in (2 * L, 4 * L))
+
+
+def test_extension_headline_reads_rows_with_int_or_json_string_lengths():
+    base = {256: 6.0, 512: 7.0}
+    final = {"256": 6.06, "2048": 6.3, "8192": 6.9}  # as after a JSON round trip
+    h = zoo.extension_headline(base, final, 256, 8192)
+    assert (h.base_at_L, h.final_at_final_length, h.final_at_L) == (6.0, 6.9, 6.06)
+    assert h.long_ratio == pytest.approx(1.15) and h.short_change == pytest.approx(0.01)
+    with pytest.raises(RopelabError, match="no PPL at length 4096"):
+        zoo.extension_headline(base, final, 256, 4096)

@@ -59,6 +59,21 @@ def test_every_stage_ran_and_is_recorded(first):
     assert "summary.md" in {a.path for a in client.list_artifacts(result["run_id"])}
 
 
+def test_summary_opens_with_the_headline_numbers_also_logged_on_the_parent_run(first):
+    from tasks import tracking
+
+    result, _ = first
+    rows = result["combined"]
+    base_at_L, tuned = rows["base:none"]["64"], rows["finetuned:progressive_recovery"]
+    first_line = result["summary"].split("\n")[2]  # smoke: L = 64, final length 64 · 4 · 2 = 512
+    assert first_line.startswith(f"**512 tokens: PPL {tuned['512']:.3f}, {tuned['512'] / base_at_L:.2f}× the base "
+                                 f"model's {base_at_L:.3f} at 64; at 64: {tuned['64']:.3f}")
+    metrics = tracking.client().get_run(result["run_id"]).data.metrics
+    assert metrics["headline/final_length_ppl_over_base_at_L"] == pytest.approx(tuned["512"] / base_at_L)
+    assert metrics["headline/change_at_L"] == pytest.approx(tuned["64"] / base_at_L - 1)
+    assert metrics["minutes/base"] > 0
+
+
 def test_summary_lists_the_wall_time_of_every_stage_run(first):
     result, _ = first
     children = child_runs(result["run_id"])

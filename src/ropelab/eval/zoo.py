@@ -153,6 +153,35 @@ def markdown_table(table: Mapping[str, Mapping[int, float]], caption: str) -> st
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class ExtensionHeadline:
+    """The numbers LongRoPE is judged by: the extended model at its final length and at L, against the base at L."""
+    base_at_L: float
+    final_at_final_length: float
+    final_at_L: float
+
+    @property
+    def long_ratio(self) -> float:
+        return self.final_at_final_length / self.base_at_L
+
+    @property
+    def short_change(self) -> float:
+        """Relative change at L (+0.01 = 1% worse than the base)."""
+        return self.final_at_L / self.base_at_L - 1
+
+
+def extension_headline(base_row: Mapping, final_row: Mapping, original_length: int, final_length: int) -> ExtensionHeadline:
+    """From two PPL-by-length rows (keys int or str, as after a JSON round trip): the base model's and the
+    extended model's."""
+    def at(row: Mapping, n: int) -> float:
+        value = row.get(n, row.get(str(n)))
+        if value is None:
+            raise RopelabError(f"no PPL at length {n} in {sorted(row, key=int)}")
+        return float(value)
+
+    return ExtensionHeadline(at(base_row, original_length), at(final_row, final_length), at(final_row, original_length))
+
+
 def csv_rows(cells: Sequence[ZooCell], extra: Mapping[str, str]) -> str:
     buffer = io.StringIO()
     fields = ["method", "length", "ppl", "nll", "tokens", "num_windows", "protocol", "stride", *extra]
