@@ -41,8 +41,9 @@ def test_grid_scales_per_length(setup):
     for name in ("pi", "ntk", "yarn", "dynamic"):  # at 1× every method is the unscaled model
         assert table[name][L] == pytest.approx(table["none"][L], rel=1e-6)
     assert installed["pi", 4 * L].method == "linear" and installed["pi", 4 * L].factor == 4.0
-    assert installed["yarn", 2 * L].factor == 2.0 and installed["ntk", L].factor == 1.0
-    assert installed["dynamic", 4 * L].factor == 1.0  # one setting; s_eff = l / L comes from the length
+    assert installed["yarn", 2 * L].factor == 2.0 and installed["ntk", 2 * L].factor == 2.0
+    dynamic = methods["dynamic"](4 * L, basics)[0]
+    assert dynamic.method == "dynamic" and dynamic.factor == 1.0  # one setting; s_eff = l / L comes from the length
     assert table["pi"][4 * L] != table["none"][4 * L]
     assert all(c.result.num_windows == 4 and c.result.protocol == "truncated" for c in cells)
     assert type(model.model.rotary_emb).__name__ == "LlamaRotaryEmbedding"  # the original module is restored
@@ -98,3 +99,43 @@ def test_extension_headline_reads_rows_with_int_or_json_string_lengths():
     assert h.long_ratio == pytest.approx(1.15) and h.short_change == pytest.approx(0.01)
     with pytest.raises(RopelabError, match="no PPL at length 4096"):
         zoo.extension_headline(base, final, 256, 4096)
+
+
+def test_settings_that_compute_the_same_rope_share_one_evaluation(setup):
+    """At L every baseline at scale 1 is the unscaled RoPE; with windows of exactly n tokens dynamic NTK is NTK at
+    n/L. Each is evaluated once. Where forwards vary in length (sliding windows), dynamic keeps its own."""
+    model, basics, windows = setup
+    names = ("none", "pi", "ntk", "dynamic")
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        def count(methods, lengths, protocol="truncated"):
+            forwards.clear()
+            cells = zoo.evaluate_ppl_grid(model, basics, methods, {n: windows[n] for n in lengths},
+                                          protocol=protocol, stride=L // 2)
+            return len(forwards), zoo.ppl_table(cells)
+
+        unit = {(n, p): count({"none": zoo.baseline("none")}, [n], p)[0]
+                for n in (L, 2 * L, 4 * L) for p in ("truncated", "sliding")}
+        truncated, table = count({n: zoo.baseline(n) for n in names}, [L, 2 * L, 4 * L])
+        sliding, _ = count({n: zoo.baseline(n) for n in names}, [L, 2 * L, 4 * L], "sliding")
+    finally:
+        hook.remove()
+    assert truncated == unit[L, "truncated"] + 3 * unit[2 * L, "truncated"] + 3 * unit[4 * L, "truncated"]
+    assert sliding == 2 * unit[L, "sliding"] + 4 * unit[2 * L, "sliding"] + 4 * unit[4 * L, "sliding"]
+    assert all(table[m][L] == table["none"][L] for m in names)
+    assert all(table["dynamic"][n] == table["ntk"][n] for n in (2 * L, 4 * L))
+    assert table["pi"][2 * L] != table["ntk"][2 * L]  # different RoPEs are still evaluated apart
+
+
+def test_a_setting_that_can_still_switch_is_shared_only_at_an_exact_length(setup):
+    """Up to L a short set is in force, but a growing sequence (generation) moves on to the long set."""
+    _, basics, _ = setup
+    short = RopeSpec("linear", basics.head_dim, basics.base, factor=1.5)
+    a, b = (RopeSpec("linear", basics.head_dim, basics.base, factor=f) for f in (4.0, 8.0))
+    key = zoo.effective_setting
+    assert key((a, short), L, basics, exact_length=True) == key((b, short), L, basics, exact_length=True)
+    assert key((a, short), L, basics) != key((b, short), L, basics)
+    for exact in (True, False):  # beyond L the short set is never used again
+        assert key((a, short), 2 * L, basics, exact_length=exact) == key((a, None), 2 * L, basics, exact_length=exact)
+        assert key((a, None), 2 * L, basics, exact_length=exact) != key((b, None), 2 * L, basics, exact_length=exact)

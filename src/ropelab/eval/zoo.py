@@ -17,7 +17,14 @@ import torch
 from ropelab.errors import RopelabError
 from ropelab.eval.passkey import PasskeyResult, accuracy_table, passkey_trial, random_key
 from ropelab.eval.perplexity import PerplexityResult, perplexity, sliding_perplexity
-from ropelab.rope.hf import RopeBasics, install_rope, install_rotary, specs_from_config, uninstall_rope
+from ropelab.rope.hf import (
+    RopeBasics,
+    install_rope,
+    install_rotary,
+    rotary_for,
+    specs_from_config,
+    uninstall_rope,
+)
 from ropelab.rope.registry import RopeSpec
 
 SpecPair = tuple[RopeSpec, RopeSpec | None]  # (long, short)
@@ -63,15 +70,24 @@ def native(model, path) -> Callable[[int, RopeBasics], Setting]:
     return fixed(*specs_from_config(model.config))
 
 
-def effective_setting(setting: Setting, length: int, basics: RopeBasics) -> tuple | None:
-    """What the model computes with for inputs of this length, as a comparable key: a short set is used only up
-    to L (transformers' longrope rule; both sets share the long set's attention factor), so e.g. the
-    progressive λ with and without recovery factors are the same RoPE beyond L and are evaluated once there.
-    None for a rotary module (CLEX): never shared."""
+def effective_setting(setting: Setting, length: int, basics: RopeBasics, *, exact_length: bool = False) -> tuple | None:
+    """What the model computes with for inputs of this length, as a comparable key: the frequencies, attention
+    factor and n̂ that the installed rotary module uses for them. So settings that differ only where they are not
+    used share one evaluation: a short set only matters up to L (the progressive λ with and without recovery
+    factors are the same RoPE beyond L), and at L every baseline at scale 1 is the unscaled RoPE.
+
+    A setting whose RoPE can still change as a sequence of this length grows (dynamic NTK; a short set up to L,
+    which gives way to the long set beyond it) only stands for others when every forward has exactly ``length``
+    positions (``exact_length``: the truncated PPL protocol; not generation or sliding windows). None for a
+    rotary module (CLEX): never shared."""
     if isinstance(setting, torch.nn.Module):
         return None
-    long, short = setting
-    return long, short if length <= basics.original_max_position_embeddings else None
+    module = rotary_for(*setting, basics)
+    inv_freq, attention = module.frequencies(length)
+    key = (inv_freq.numpy().tobytes(), float(attention), module.select(length).start_tokens)
+    switches = module.short is not None and length <= module.switch_length
+    varies = switches or any(spec is not None and spec.info.length_dependent for spec in setting)
+    return key if exact_length or not varies else (key, setting)
 
 
 def install_setting(model, setting: Setting) -> None:
@@ -97,7 +113,7 @@ def evaluate_ppl_grid(model, basics: RopeBasics, methods: Mapping[str, Callable[
         for name, make in methods.items():
             for length, data in sorted(windows.items()):
                 setting = make(length, basics)
-                key = effective_setting(setting, length, basics)
+                key = effective_setting(setting, length, basics, exact_length=protocol == "truncated")
                 if key is None or (key, length) not in done:
                     install_setting(model, setting)
                     done[(key, length)] = (perplexity(model, data) if protocol == "truncated"

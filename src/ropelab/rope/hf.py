@@ -176,14 +176,18 @@ def check_compatible(spec: RopeSpec, basics: RopeBasics) -> None:
         raise RopelabError(f"spec base {spec.base} != model rope_theta {basics.base}")
 
 
-def install_rope(model: nn.Module, long: RopeSpec, short: RopeSpec | None = None) -> RopelabRotaryEmbedding:
-    """Replace the model's rotary module by one computing ``long`` (and ``short`` for short inputs)."""
-    basics = rope_basics(model.config)
+def rotary_for(long: RopeSpec, short: RopeSpec | None, basics: RopeBasics) -> RopelabRotaryEmbedding:
+    """The rotary module ``install_rope`` installs for these specs on a model with these basics."""
     for spec in (long, short):
         if spec is not None:
             check_compatible(spec, basics)
     switch = long.original_max_position_embeddings or basics.original_max_position_embeddings
-    return install_rotary(model, RopelabRotaryEmbedding(long, short, switch if short is not None else None))
+    return RopelabRotaryEmbedding(long, short, switch if short is not None else None)
+
+
+def install_rope(model: nn.Module, long: RopeSpec, short: RopeSpec | None = None) -> RopelabRotaryEmbedding:
+    """Replace the model's rotary module by one computing ``long`` (and ``short`` for short inputs)."""
+    return install_rotary(model, rotary_for(long, short, rope_basics(model.config)))
 
 
 @torch.no_grad()
