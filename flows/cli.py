@@ -46,6 +46,10 @@ def run_flow(args) -> int:
         from ropelab.clex.train import check_config
 
         check_config(config.clex)
+    if args.command == "pipeline":
+        from ropelab.plan import check_pipeline
+
+        check_pipeline(config.pipeline)
     if args.refresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     if getattr(args, "dry_run", False):

@@ -25,6 +25,7 @@ from ropelab.config import PIPELINE_STAGES, RunConfig, build
 from ropelab.errors import RopelabError
 from ropelab.eval.plots import plot_ppl_vs_length
 from ropelab.eval.zoo import ExtensionHeadline, extension_headline
+from ropelab.plan import check_pipeline, final_length, stage_search_overrides
 from tasks import tracking
 from tasks.evaluate import evaluate_zoo
 from tasks.export import choose_short_set, export_final, lambda_spec
@@ -44,11 +45,6 @@ def derive(config: dict, **sections) -> dict:
     return out
 
 
-def overrides(**values) -> dict:
-    """Per-stage search settings; 0 means "as in the search section"."""
-    return {k: v for k, v in values.items() if v}
-
-
 def refresh_from(rerun_from: str | None):
     if rerun_from is not None and rerun_from not in STAGES:
         raise RopelabError(f"unknown stage {rerun_from!r}; stages: {', '.join(STAGES)}")
@@ -58,6 +54,7 @@ def refresh_from(rerun_from: str | None):
 @flow(name="pipeline")
 def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
     cfg = build(RunConfig, config)
+    check_pipeline(cfg.pipeline)
     refresh = refresh_from(rerun_from)
     p, L = cfg.pipeline, cfg.model.context_length
     r1, r2 = p.ratios
@@ -73,13 +70,11 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
         ft2 = finetune_flow(derive(config, finetune={"method": "longrope", "rescale_factors_file": stage1[r2]["lambda"],
                                                      "train": {"seq_len": int(L * r2), "steps": p.second_finetune_steps}}),
                             parent, model=ft1, refresh=refresh("finetune2"))
-        stage2 = search_flow(derive(config, search={"scale": p.final_ratio, **overrides(
-                                 iterations=p.final_search_iterations, evo_scale=p.final_search_evo_scale,
-                                 num_windows=p.final_search_windows, test_windows=p.final_search_test_windows)}),
+        stage2 = search_flow(derive(config, search={"scale": p.final_ratio, **stage_search_overrides(p, "search2")}),
                              parent, model=ft2, refresh=refresh("search2"), stage=f"search2-{p.final_ratio:g}x")
         final_long = lambda_spec(stage2["lambda"], ft2["path"])
         recovery = {r: search_flow(derive(config, search={"scale": r, "mode": "recovery", "start_tokens": "none",
-                                                          **overrides(iterations=p.recovery_iterations),
+                                                          **stage_search_overrides(p, "recovery"),
                                                           "max_rescale": p.recovery_max_rescale,
                                                           "attention_factor": final_long.get("attention_factor", 0.0)}),
                                    parent, model=ft2, refresh=refresh("recovery"))
@@ -120,11 +115,6 @@ def pipeline_flow(config: dict, rerun_from: str | None = None) -> dict:
 def combined_table(reports: dict) -> dict:
     """One row per (model, method): what every stage produced, side by side."""
     return {f"{model}:{method}": row for model, report in reports.items() for method, row in report["table"].items()}
-
-
-def final_length(cfg: RunConfig) -> int:
-    """The progressive recipe's final length in tokens: L · r2 · r3."""
-    return cfg.model.context_length * int(round(cfg.pipeline.ratios[-1] * cfg.pipeline.final_ratio))
 
 
 def evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, refresh: bool) -> dict:

@@ -14,6 +14,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from flows.cli import main
 
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 SETTING = ["--head-dim", "64", "--base", "10000", "--factor", "8", "--original-max-position-embeddings", "256"]
 
 
@@ -113,6 +114,10 @@ def test_console_script_is_installed_and_runs():
     (["base", "--set", "pretrain.stepz=3"], "unknown key(s) stepz; valid keys: steps"),
     (["search", "--set", "search.scale=fast"], "expected a number"),
     (["evaluate", "--set", "eval"], "key.path=value"),
+    (["pipeline", "--config", TINY, "--set", "pipeline.final_search_test_windows=-1"],
+     "pipeline.final_search_test_windows must be ≥ 0"),
+    (["pipeline", "--config", TINY, "--set", "pipeline.ratios=[8]", "--dry-run"],
+     "pipeline.ratios must be two stage-1 ratios"),
 ])
 def test_flow_commands_reject_bad_configs_in_one_line(capsys, argv, message):
     code, _, err = run_cli(capsys, *argv)

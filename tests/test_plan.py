@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import pytest
+
 from ropelab.config import load_config
-from ropelab.plan import parameter_count, pipeline_plan, search_candidates
+from ropelab.errors import RopelabError
+from ropelab.plan import (
+    check_pipeline,
+    parameter_count,
+    pipeline_plan,
+    search_candidates,
+    stage_search_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -32,3 +42,34 @@ def test_plan_lists_every_stage_at_the_papers_lengths(capsys):
     for needle in ("search 32× (base)", "131,072", "262,144", "fine-tune 64×", "2,097,152", "recovery 1×", "6.7"):
         assert needle in out, needle
     assert out.splitlines() == pipeline_plan(cfg)
+
+
+def test_plan_prices_each_search_stage_with_its_own_settings():
+    cfg = load_config(CONFIGS / "tiny.yaml")  # stage 2: its own generations, population and windows
+    stage1, stage2, recovery = (stage_search_config(cfg, s) for s in ("search1", "search2", "recovery"))
+    assert (stage2.iterations, stage2.evo_scale, stage2.num_windows, stage2.test_windows) == (
+        cfg.pipeline.final_search_iterations, cfg.pipeline.final_search_evo_scale, cfg.pipeline.final_search_windows,
+        cfg.pipeline.final_search_test_windows)
+    assert recovery.iterations == cfg.pipeline.recovery_iterations and stage1 == cfg.search
+    lines = pipeline_plan(cfg)
+    final = next(line for line in lines if "(fine-tuned)" in line)
+    assert f"{search_candidates(stage2)} candidates × {stage2.num_windows} windows" in final
+    assert search_candidates(stage2) != search_candidates(stage1)
+    assert all(f"{search_candidates(recovery)} candidates" in line for line in lines if line.startswith("recovery"))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"ratios": (4.0,)}, "pipeline.ratios must be two"),
+    ({"ratios": (0.5, 8.0)}, "pipeline.ratios must be two"),
+    ({"final_ratio": 1.0}, "pipeline.final_ratio must be > 1"),
+    ({"recovery_ratios": ()}, "pipeline.recovery_ratios must be one or more"),
+    ({"recovery_max_rescale": 0.5}, "pipeline.recovery_max_rescale must be ≥ 1"),
+    ({"second_finetune_steps": 0}, "pipeline.second_finetune_steps must be ≥ 1"),
+    ({"final_search_windows": -2}, "pipeline.final_search_windows must be ≥ 0"),
+    ({"recovery_iterations": -1}, "pipeline.recovery_iterations must be ≥ 0"),
+])
+def test_a_recipe_that_cannot_run_is_rejected_before_any_stage(change, message):
+    cfg = load_config(CONFIGS / "tiny.yaml")
+    check_pipeline(cfg.pipeline)  # the presets pass
+    with pytest.raises(RopelabError, match=message):
+        check_pipeline(dataclasses.replace(cfg.pipeline, **change))

@@ -3,9 +3,63 @@ for paper-scale presets on GPUs."""
 
 from __future__ import annotations
 
-from ropelab.config import RunConfig, SearchConfig
+import dataclasses
+
+from ropelab.config import PipelineConfig, RunConfig, SearchConfig
+from ropelab.errors import RopelabError
 
 GIB = 1024**3
+
+
+def count(n: float) -> str:
+    """3.2 M, 6.74 B: readable for the tiny model and for a 7B one alike."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def memory(gib: float) -> str:
+    return f"{gib:.0f} GiB" if gib >= 1 else f"{gib * 1024:.0f} MiB"
+
+
+def check_pipeline(p: PipelineConfig) -> None:
+    """Reject a recipe that cannot run before any stage starts (not hours later at stage 2)."""
+    problems = []
+    if len(p.ratios) != 2 or not all(r > 1 for r in p.ratios):
+        problems.append(f"pipeline.ratios must be two stage-1 ratios r1, r2 > 1, got {list(p.ratios)}")
+    if p.final_ratio <= 1:
+        problems.append(f"pipeline.final_ratio must be > 1, got {p.final_ratio:g}")
+    if not p.recovery_ratios or not all(r >= 1 for r in p.recovery_ratios):
+        problems.append(f"pipeline.recovery_ratios must be one or more ratios ≥ 1, got {list(p.recovery_ratios)}")
+    if p.recovery_max_rescale < 1:
+        problems.append(f"pipeline.recovery_max_rescale must be ≥ 1, got {p.recovery_max_rescale:g}")
+    for name in ("first_finetune_steps", "second_finetune_steps"):
+        if getattr(p, name) < 1:
+            problems.append(f"pipeline.{name} must be ≥ 1, got {getattr(p, name)}")
+    for name in ("final_search_iterations", "final_search_evo_scale", "final_search_windows",
+                 "final_search_test_windows", "recovery_iterations"):
+        if getattr(p, name) < 0:
+            problems.append(f"pipeline.{name} must be ≥ 0 (0: as in the search section), got {getattr(p, name)}")
+    if problems:
+        raise RopelabError("; ".join(problems))
+
+
+def final_length(cfg: RunConfig) -> int:
+    """The progressive recipe's final length in tokens: L · r2 · r3."""
+    return cfg.model.context_length * int(round(cfg.pipeline.ratios[-1] * cfg.pipeline.final_ratio))
+
+
+def stage_search_overrides(p: PipelineConfig, stage: str) -> dict:
+    """The search settings a pipeline stage (search1, search2, recovery) changes; 0 means "as in search"."""
+    values = {"search2": {"iterations": p.final_search_iterations, "evo_scale": p.final_search_evo_scale,
+                          "num_windows": p.final_search_windows, "test_windows": p.final_search_test_windows},
+              "recovery": {"iterations": p.recovery_iterations}}.get(stage, {})
+    return {k: v for k, v in values.items() if v}
+
+
+def stage_search_config(cfg: RunConfig, stage: str) -> SearchConfig:
+    return dataclasses.replace(cfg.search, **stage_search_overrides(cfg.pipeline, stage))
 
 
 def parameter_count(cfg: RunConfig) -> int:
@@ -40,28 +94,30 @@ def finetune_memory_gib(cfg: RunConfig, seq_len: int) -> float:
 
 
 def pipeline_plan(cfg: RunConfig) -> list[str]:
-    p, L, s = cfg.pipeline, cfg.model.context_length, cfg.search
+    check_pipeline(cfg.pipeline)
+    p, L = cfg.pipeline, cfg.model.context_length
     r1, r2 = p.ratios
-    lines = [f"preset {cfg.preset}: model {cfg.model.source} ({parameter_count(cfg) / 1e9:.2f} B parameters, "
+    lines = [f"preset {cfg.preset}: model {cfg.model.source} ({count(parameter_count(cfg))} parameters, "
              f"L = {L}); data {', '.join(cfg.data.sources)}"]
 
-    def search_line(name: str, length: int) -> str:
+    def search_line(name: str, length: int, stage: str = "search1") -> str:
+        s = stage_search_config(cfg, stage)
         n = search_candidates(s)
         return (f"{name:<26} length {length:>9,}  {n} candidates × {s.num_windows} windows = "
-                f"{n * s.num_windows * length / 1e9:.2f} G tokens forward; peak ≈ "
-                f"{forward_memory_gib(cfg, length):.0f} GiB per sequence")
+                f"{count(n * s.num_windows * length)} tokens forward; peak ≈ "
+                f"{memory(forward_memory_gib(cfg, length))} per sequence")
 
     def tune_line(name: str, seq_len: int, steps: int) -> str:
         t = cfg.finetune.train
         tokens = steps * t.batch_size * t.grad_accum * seq_len
-        return (f"{name:<26} length {seq_len:>9,}  {steps} steps, {tokens / 1e9:.2f} G tokens; optimiser + "
-                f"activations ≈ {finetune_memory_gib(cfg, seq_len):.0f} GiB before sharding (FSDP)")
+        return (f"{name:<26} length {seq_len:>9,}  {steps} steps, {count(tokens)} tokens; optimiser + "
+                f"activations ≈ {memory(finetune_memory_gib(cfg, seq_len))} before sharding (FSDP)")
 
     lines += [search_line(f"search {r1:g}× (base)", int(L * r1)), search_line(f"search {r2:g}× (base)", int(L * r2)),
               tune_line(f"fine-tune {r1:g}×", int(L * r1), p.first_finetune_steps),
               tune_line(f"fine-tune {r2:g}×", int(L * r2), p.second_finetune_steps),
-              search_line(f"search {p.final_ratio:g}× (fine-tuned)", int(L * r2 * p.final_ratio))]
-    lines += [search_line(f"recovery {r:g}×", int(L * r)) for r in p.recovery_ratios]
+              search_line(f"search {p.final_ratio:g}× (fine-tuned)", int(L * r2 * p.final_ratio), "search2")]
+    lines += [search_line(f"recovery {r:g}×", int(L * r), "recovery") for r in p.recovery_ratios]
     lines.append(f"{'evaluate':<26} lengths {', '.join(f'{L * m:,}' for m in cfg.eval.length_multipliers)}; "
-                 f"{cfg.eval.num_windows} windows each")
+                 f"{cfg.eval.num_windows} windows each; the fine-tuned model also at {final_length(cfg):,}")
     return lines
