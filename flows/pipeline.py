@@ -25,7 +25,7 @@ from ropelab.config import PIPELINE_STAGES, RunConfig, build
 from ropelab.errors import RopelabError
 from ropelab.eval.plots import plot_ppl_vs_length
 from ropelab.eval.zoo import ExtensionHeadline, extension_headline
-from ropelab.plan import check_pipeline, final_length, stage_search_overrides
+from ropelab.plan import check_pipeline, final_length, final_multiplier, stage_search_overrides
 from tasks import tracking
 from tasks.evaluate import evaluate_zoo
 from tasks.export import choose_short_set, export_final, lambda_spec
@@ -128,7 +128,7 @@ def evaluate_stages(cfg, config, parent, base, stage1, ft2, final_long, short, r
             base["path"], base["fingerprint"], base["data"]["md5"], base_eval,
             file_hashes(base_eval.rescale_factor_files), run_id)
         tracking.log_artifact(run_id, Path(reports["base"]["dir"]), "zoo")
-    multipliers = sorted({*cfg.eval.length_multipliers, final_length(cfg) // cfg.model.context_length})
+    multipliers = sorted({*cfg.eval.length_multipliers, final_multiplier(cfg.pipeline)})
     tuned_eval = build(RunConfig, derive(config, eval={"methods": [], "rescale_factor_files": [],
                                                        "length_multipliers": multipliers})).eval
     settings = {"progressive": {"long": final_long, "short": None},

@@ -45,9 +45,13 @@ def check_pipeline(p: PipelineConfig) -> None:
         raise RopelabError("; ".join(problems))
 
 
+def final_multiplier(p: PipelineConfig) -> int:
+    """The progressive recipe's final length in units of L: r2 · r3."""
+    return int(round(p.ratios[-1] * p.final_ratio))
+
+
 def final_length(cfg: RunConfig) -> int:
-    """The progressive recipe's final length in tokens: L · r2 · r3."""
-    return cfg.model.context_length * int(round(cfg.pipeline.ratios[-1] * cfg.pipeline.final_ratio))
+    return cfg.model.context_length * final_multiplier(cfg.pipeline)
 
 
 def stage_search_overrides(p: PipelineConfig, stage: str) -> dict:

@@ -74,7 +74,7 @@ def test_zero_or_negative_search_windows_is_a_clear_error():
     from ropelab.errors import RopelabError
     from tasks.search import windows_for
 
-    for count in (0, -2):  # e.g. --set pipeline.final_search_windows=-2 used to run a search on no windows
+    for count in (0, -2):  # e.g. `ropelab search --set search.num_windows=0` used to run a search on no windows
         with pytest.raises(RopelabError, match="at least one validation window.*pipeline.final_search_windows"):
             windows_for(None, None, "validation", count, 0)
         with pytest.raises(RopelabError, match="at least one test window.*pipeline.final_search_test_windows"):
