@@ -15,7 +15,7 @@ import torch
 
 from ropelab.config import ModelConfig
 from ropelab.models import build_tiny_llama, load_model
-from ropelab.rope.hf import rope_basics
+from ropelab.rope.adapter import rope_basics
 from ropelab.search.evolution import mutate
 from ropelab.search.fitness import batched_fitness, reference_fitness
 from ropelab.search.space import SearchSpace, seed_vectors

@@ -19,7 +19,8 @@ from ropelab.clex.ode import ClexDynamics, frequency_table
 from ropelab.clex.train import ClexPositions, install_clex
 from ropelab.config import ClexConfig, ModelConfig, TrainConfig
 from ropelab.models import build_tiny_llama
-from ropelab.rope.hf import install_rope, rope_basics
+from ropelab.rope.adapter import rope_basics
+from ropelab.rope.modules import install_rope
 from ropelab.rope.registry import RopeSpec
 from ropelab.train.loop import train_causal_lm
 

@@ -1,3 +1,2 @@
-"""Prefect flows: compose tasks into stages; nothing else."""
-
-import tasks  # noqa: F401  (configures the environment before prefect is imported)
+"""Prefect flows (installed as ``ropelab.flows``): compose stages, nothing else; ``cli`` is the ``ropelab``
+command."""

@@ -1,31 +1,44 @@
-"""`ropelab base`: the base model stage: pretrain the embedded tiny Llama, or load the user's model."""
+"""`ropelab base`: the base model stage: pretrain the embedded tiny Llama, or check the user's model."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 from prefect import flow
+from ropelab.flows.data import data_flow
+from ropelab.tasks import runner
+from ropelab.tasks.model import describe_model, pretrain_base, score_base
 
-from flows.data import data_flow
-from ropelab.config import RunConfig, build
-from tasks import tracking
-from tasks.model import describe_model, model_exists, pretrain_base
+from ropelab import identity
+from ropelab.artifacts import DataArtifact, ModelArtifact
+from ropelab.config import RunConfig
 
 
-@flow(name="base")
-def base_flow(config: dict, parent_run_id: str | None = None, refresh: bool = False) -> dict:
-    cfg = build(RunConfig, config)
-    data = data_flow(config, parent_run_id=parent_run_id)
-    with tracking.stage_run("base", cfg, parent_run_id=parent_run_id, data_version=data["md5"],
-                            consumed={"data": data["run_id"]}) as run_id:
+@flow(name="base", flow_run_name="base-{cfg.preset}")
+def base_flow(cfg: RunConfig, parent_run_id: str | None = None, refresh: bool = False,
+              data: DataArtifact | None = None) -> ModelArtifact:
+    data = data or data_flow(cfg, parent_run_id)
+    with runner.stage("base", cfg, parent_run_id=parent_run_id, data_version=data.fingerprint,
+                      consumed={"data": data}, refresh=refresh) as stage:
         if cfg.model.source != "tiny":
-            summary = describe_model(cfg.model.source, cfg.model.trust_remote_code)
+            signature = identity.stat_signature(Path(cfg.model.source))
+            model = stage.call(describe_model, cfg.model.source, cfg.model.trust_remote_code, data, signature)
         else:
-            args = (data["md5"], cfg.model, cfg.pretrain, cfg.eval, run_id)
-            summary = pretrain_base.with_options(refresh_cache=refresh)(*args, parent_run_id=parent_run_id)
-            if not model_exists(summary):  # cached result whose checkpoint was deleted
-                summary = pretrain_base.with_options(refresh_cache=True)(*args, parent_run_id=parent_run_id)
-            # a cache hit skips the task body and its logging: record the summary here
-            tracking.log_metrics(run_id, {"test/ppl": summary["test_ppl"], "train/seconds": summary["seconds"]})
-        tracking.set_tags(run_id, {"model.path": summary["path"], "model.fingerprint": summary["fingerprint"]})
-    print(f"base model {summary['path']} (fingerprint {summary['fingerprint']})"
-          + (f", held-out PPL at {cfg.model.context_length}: {summary['test_ppl']:.3f}" if "test_ppl" in summary else ""))
-    return {**summary, "run_id": run_id, "data": data}
+            model = stage.call(pretrain_base, data, cfg.model, cfg.pretrain)
+            scores = stage.call(score_base, model, data, cfg.eval)
+            model = dataclasses.replace(model, metrics={**model.metrics, **scores})
+        model = stage.record(model)
+    ppl = model.metrics.get("test/ppl")
+    print(f"base model {model.path} (fingerprint {model.fingerprint})"
+          + (f", held-out PPL at {cfg.model.context_length}: {ppl:.3f}" if ppl else ""))
+    return model
+
+
+def upstream(cfg: RunConfig, parent_run_id: str | None, model: ModelArtifact | None,
+             data: DataArtifact | None) -> tuple[ModelArtifact, DataArtifact]:
+    """The model and data a stage works on: the ones given (inside the pipeline), else this config's."""
+    if model is not None and data is not None:
+        return model, data
+    data = data or data_flow(cfg, parent_run_id)
+    return model or base_flow(cfg, parent_run_id, data=data), data

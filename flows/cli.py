@@ -1,80 +1,102 @@
 """The `ropelab` console script: the top entry point, above flows, tasks and the library.
 
-Pure commands (`ropelab rope ...`) come from the library; orchestration commands import their flow lazily,
-so `ropelab rope show` starts without paying for Prefect and MLflow imports.
+Pure commands (`ropelab rope ...`, `ropelab config`) start without Prefect or MLflow; orchestration commands
+resolve the project home, configure the environment, validate the whole config and only then import their flow,
+so a user mistake is one line before anything heavy starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import os
 import sys
 from pathlib import Path
 
-import ropelab  # noqa: F401  (enforces the offline settings before any heavy import)
-from ropelab.config import PIPELINE_STAGES
+import ropelab
+from ropelab.config import PIPELINE_STAGES, RunConfig
 from ropelab.errors import RopelabError
 from ropelab.rope import cli as rope_cli
-from tasks.settings import REPO_ROOT
 
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 FLOWS = {  # command -> (module, flow function, help)
-    "data": ("flows.data", "data_flow", "assemble the corpus into data/ and version it with DVC"),
-    "base": ("flows.base", "base_flow", "pretrain the embedded tiny base model (or check a user's model)"),
-    "search": ("flows.search", "search_flow", "LongRoPE evolutionary search of λ at search.scale"),
-    "finetune": ("flows.finetune", "finetune_flow", "fine-tune with a fixed RoPE (λ file or baseline) at a longer length"),
-    "clex": ("flows.clex", "clex_flow", "train CLEX (neural-ODE RoPE scaling) and compare it with a PI fine-tune"),
-    "pipeline": ("flows.pipeline", "pipeline_flow", "the progressive LongRoPE recipe and CLEX end to end"),
-    "evaluate": ("flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
+    "data": ("ropelab.flows.data", "data_flow", "assemble the corpus and version it with DVC"),
+    "base": ("ropelab.flows.base", "base_flow", "pretrain the embedded tiny base model (or check a user's model)"),
+    "search": ("ropelab.flows.search", "search_flow", "LongRoPE evolutionary search of λ at search.scale"),
+    "finetune": ("ropelab.flows.finetune", "finetune_flow", "fine-tune with a fixed RoPE (λ file or baseline) at a longer length"),
+    "clex": ("ropelab.flows.clex", "clex_flow", "train CLEX (neural-ODE RoPE scaling) and compare it with a PI fine-tune"),
+    "pipeline": ("ropelab.flows.pipeline", "pipeline_flow", "the progressive LongRoPE recipe and CLEX end to end"),
+    "evaluate": ("ropelab.flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
 }
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML preset (default: configs/tiny.yaml)")
+    p.add_argument("--config", default="tiny", help="a preset name (tiny, smoke, llama2-7b, mistral-7b) or a YAML "
+                   "file (default: tiny, the embedded default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set pretrain.steps=100 (repeatable)")
-    p.add_argument("--refresh", action="store_true", help="recompute every stage instead of using the cache")
+
+
+def load(args) -> RunConfig:
+    from ropelab.tasks.home import resolve_config
+
+    from ropelab.config import load_config
+
+    return load_config(resolve_config(args.config), args.overrides)
+
+
+class UserErrorFilter(logging.Filter):
+    """Prefect logs a failed task's traceback; for a user error the CLI prints the one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, RopelabError) and "RopelabError" not in record.getMessage()
+
+
+def quiet_user_errors() -> None:
+    for handler in logging.getLogger("prefect").handlers + logging.getLogger().handlers:
+        handler.addFilter(UserErrorFilter())
 
 
 def run_flow(args) -> int:
-    import importlib
+    from ropelab.tasks.home import configure_environment, find_home
 
-    from ropelab.config import load_config, to_dict
-
-    config = load_config(args.config, args.overrides)  # errors before any flow machinery starts
-    if args.command == "clex" or (args.command == "pipeline" and config.pipeline.clex):
-        from ropelab.clex.train import check_config
-
-        check_config(config.clex)
-    if args.command == "pipeline":
-        from ropelab.plan import check_pipeline
-
-        check_pipeline(config.pipeline)
-    if args.refresh:
-        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    config = load(args)  # every value validated before any flow machinery starts
     if getattr(args, "dry_run", False):
         from ropelab.plan import pipeline_plan
 
         print("\n".join(pipeline_plan(config)))
         return 0
+    configure_environment(find_home(args.home))
+    if args.refresh:
+        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     module, name, _ = FLOWS[args.command]
     flow = getattr(importlib.import_module(module), name)
+    quiet_user_errors()
     if args.command == "pipeline":
-        flow(to_dict(config), rerun_from=args.rerun_from)
+        flow(config, rerun_from=args.rerun_from)
     else:
-        flow(to_dict(config))
+        flow(config)
+    return 0
+
+
+def init(args) -> int:
+    from ropelab.tasks.home import init_home
+
+    home = init_home(Path(args.directory))
+    print(f"ropelab project in {home}: run `ropelab pipeline --config tiny` there (presets to edit in {home / 'configs'})")
     return 0
 
 
 def show_config(args) -> int:
-    from ropelab.config import explain, load_config, to_dict
+    from ropelab.config import explain, to_dict
 
     if args.explain:
         print("\n".join(explain()))
         return 0
     import yaml
 
-    print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
+    print(yaml.safe_dump(to_dict(load(args)), sort_keys=False), end="")
     return 0
 
 
@@ -83,9 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ropelab {ropelab.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     rope_cli.add_commands(commands)
+    sub = commands.add_parser("init", help="make a directory a ropelab project (DVC, stores, presets)")
+    sub.add_argument("directory", nargs="?", default=".", help="the project directory (default: here)")
+    sub.set_defaults(run=init)
     for command, (_, _, text) in FLOWS.items():
         sub = commands.add_parser(command, help=text)
         _add_config_flags(sub)
+        sub.add_argument("--home", default=None, help="the project home (default: $ROPELAB_HOME, else the nearest "
+                         "directory at or above here made by `ropelab init`)")
+        sub.add_argument("--refresh", action="store_true", help="recompute every stage instead of using the cache")
         sub.set_defaults(run=run_flow)
         if command == "pipeline":
             sub.add_argument("--rerun-from", choices=PIPELINE_STAGES, default=None,
@@ -100,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ropelab import offline
+
+    offline.enforce()  # before anything imports huggingface_hub, which reads the settings once
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

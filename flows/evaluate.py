@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import flow
+from ropelab.flows.base import upstream
+from ropelab.tasks import runner
+from ropelab.tasks.evaluate import evaluate_zoo
 
-from flows.base import base_flow
-from ropelab.config import RunConfig, build
-from tasks import tracking
-from tasks.evaluate import evaluate_zoo
-
-
-def file_hashes(files) -> dict[str, str]:
-    return {f: hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16] for f in files}
+from ropelab import identity
+from ropelab.artifacts import DataArtifact, EvalArtifact, ModelArtifact
+from ropelab.config import RunConfig
 
 
-@flow(name="evaluate")
-def evaluate_flow(config: dict, parent_run_id: str | None = None) -> dict:
-    cfg = build(RunConfig, config)
-    base = base_flow(config, parent_run_id=parent_run_id)
-    with tracking.stage_run("evaluate", cfg, parent_run_id=parent_run_id, data_version=base["data"]["md5"],
-                            consumed={"base": base["run_id"]}) as run_id:
-        report = evaluate_zoo(base["path"], base["fingerprint"], base["data"]["md5"], cfg.eval,
-                              file_hashes(cfg.eval.rescale_factor_files), run_id)
-        # logged here too: a cache hit skips the task body and its logging
-        tracking.log_metrics(run_id, {f"ppl/{m}/{n}": v for m, row in report["table"].items() for n, v in row.items()})
-        tracking.log_artifact(run_id, Path(report["dir"]), "zoo")
-        tracking.set_tags(run_id, {"report.dir": report["dir"]})
-    print((Path(report["dir"]) / "zoo.md").read_text())
-    print(f"report: {report['dir']}")
-    return {**report, "run_id": run_id, "base": base}
+def lambda_files(paths) -> tuple[tuple[Path, str], ...]:
+    """λ files with their content identities (the cache key sees an edited file)."""
+    return tuple((Path(p), identity.sha256_file(Path(p))[:16]) for p in paths)
+
+
+def evaluate_stage(name: str, cfg: RunConfig, parent_run_id: str | None, model: ModelArtifact, data: DataArtifact,
+                   refresh: bool = False, settings: dict | None = None, title: str = "") -> EvalArtifact:
+    """One zoo report on ``model`` as its own stage run."""
+    with runner.stage(name, cfg, parent_run_id=parent_run_id, data_version=data.fingerprint,
+                      consumed={"model": model, "data": data}, refresh=refresh) as stage:
+        return stage.record(stage.call(evaluate_zoo, model, data, cfg.eval,
+                                       lambda_files(cfg.eval.rescale_factor_files), settings, title))
+
+
+@flow(name="evaluate", flow_run_name="evaluate-{cfg.preset}")
+def evaluate_flow(cfg: RunConfig, parent_run_id: str | None = None, model: ModelArtifact | None = None,
+                  data: DataArtifact | None = None) -> EvalArtifact:
+    model, data = upstream(cfg, parent_run_id, model, data)
+    report = evaluate_stage("evaluate", cfg, parent_run_id, model, data)
+    print((report.path / "zoo.md").read_text())
+    print(f"report: {report.path}")
+    return report

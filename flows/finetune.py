@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import flow
+from ropelab.flows.base import upstream
+from ropelab.tasks import runner
+from ropelab.tasks.train import finetune_model, lambda_identity
 
-from flows.base import base_flow
-from ropelab.config import RunConfig, build
-from tasks import tracking
-from tasks.train import finetune_model
+from ropelab.artifacts import DataArtifact, ModelArtifact
+from ropelab.config import RunConfig
 
 
-@flow(name="finetune")
-def finetune_flow(config: dict, parent_run_id: str | None = None, model: dict | None = None,
-                  refresh: bool = False) -> dict:
-    cfg = build(RunConfig, config)
-    model = model or base_flow(config, parent_run_id=parent_run_id)
-    lam = cfg.finetune.rescale_factors_file
-    lam_sha = hashlib.sha256(Path(lam).read_bytes()).hexdigest()[:16] if lam else ""
-    with tracking.stage_run(f"finetune-{cfg.finetune.train.seq_len}", cfg, parent_run_id=parent_run_id,
-                            data_version=model["data"]["md5"], consumed={"model": model["run_id"]}) as run_id:
-        result = finetune_model.with_options(refresh_cache=refresh)(model["path"], model["fingerprint"], model["data"]["md5"], cfg.finetune, lam_sha,
-                                run_id)
-        tracking.log_metrics(run_id, {"finetune/final_loss": result["final_loss"]})
-        tracking.set_tags(run_id, {"model.path": result["path"], "model.fingerprint": result["fingerprint"]})
-    print(f"fine-tuned model: {result['path']} (loss {result['first_loss']:.3f} → {result['final_loss']:.3f}; "
-          f"rope_type {result['rope_parameters']['rope_type']})")
-    return {**result, "run_id": run_id, "data": model["data"]}
+@flow(name="finetune", flow_run_name="finetune-{cfg.preset}")
+def finetune_flow(cfg: RunConfig, parent_run_id: str | None = None, model: ModelArtifact | None = None,
+                  data: DataArtifact | None = None, refresh: bool = False) -> ModelArtifact:
+    model, data = upstream(cfg, parent_run_id, model, data)
+    lam = Path(cfg.finetune.rescale_factors_file) if cfg.finetune.rescale_factors_file else None
+    with runner.stage(f"finetune-{cfg.finetune.train.seq_len}", cfg, parent_run_id=parent_run_id,
+                      data_version=data.fingerprint, consumed={"model": model, "data": data}, refresh=refresh) as stage:
+        result = stage.record(stage.call(finetune_model, model, data, cfg.finetune, lam, lambda_identity(lam)))
+    print(f"fine-tuned model: {result.path} (loss {result.metrics['finetune/first_loss']:.3f} → "
+          f"{result.metrics['finetune/final_loss']:.3f}; rope_type {result.rope_parameters['rope_type']})")
+    return result

@@ -2,51 +2,34 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
+from ropelab.flows.base import upstream
+from ropelab.tasks import runner
+from ropelab.tasks.search import search_generation, search_init, search_report
 
-from flows.base import base_flow
-from ropelab.config import RunConfig, build
-from tasks import tracking
-from tasks.search import search_generation, search_init, search_report
-
-
-def log_generation(run_id: str, result: dict) -> None:
-    step = result["generation"]
-    tracking.log_metrics(run_id, {"search/best_fitness": result["best"], "search/median_fitness": result["median"],
-                                  "search/evaluated": result["evaluated"]}, step)
-    tracking.log_artifact(run_id, Path(result["log_path"]), "generations")
+from ropelab.artifacts import DataArtifact, ModelArtifact, SearchArtifact
+from ropelab.config import RunConfig
 
 
-@flow(name="search")
-def search_flow(config: dict, parent_run_id: str | None = None, model: dict | None = None,
-                refresh: bool = False, stage: str = "") -> dict:
-    """Search on ``model`` (a base-stage summary; default: run the base stage of this config).
-    ``refresh`` recomputes every generation instead of using cached ones; ``stage`` names the MLflow run
-    (default: search-<s>x or recovery-<s>x)."""
-    cfg = build(RunConfig, config)
-    model = model or base_flow(config, parent_run_id=parent_run_id)
-    args = (model["path"], model["fingerprint"], model["data"]["md5"], cfg.search)
-    stage = stage or f"{'recovery' if cfg.search.mode == 'recovery' else 'search'}-{cfg.search.scale:g}x"
-    with tracking.stage_run(stage, cfg, parent_run_id=parent_run_id,
-                            data_version=model["data"]["md5"], consumed={"model": model["run_id"]}) as run_id:
-        init, generation, final = (t.with_options(refresh_cache=refresh)
-                                   for t in (search_init, search_generation, search_report))
-        result = init(*args)
-        log_generation(run_id, result)
-        while result["generation"] < cfg.search.iterations and not result["stopped_early"]:
-            result = generation(*args, result)
-            log_generation(run_id, result)
-            print(f"generation {result['generation']}: best {result['best']:.4f}, median {result['median']:.4f}")
-        report = final(*args, result)
-        tracking.log_metrics(run_id, {f"test_ppl/{k}": v for k, v in report["test_ppl"].items()})
-        tracking.log_metrics(run_id, {f"validation_ppl/{k}": v for k, v in report["validation_ppl"].items()})
-        tracking.log_artifact(run_id, Path(report["dir"]), "result")
-        tracking.set_tags(run_id, {"search.lambda": report["lambda"], "search.export": report["export"]})
-    print(f"winner: validation PPL {report['validation_ppl']['winner']:.4f}, test PPL {report['test_ppl']['winner']:.4f}"
-          f" ({report['evaluated']} candidates evaluated)")
-    for name, value in sorted(report["test_ppl"].items()):
-        print(f"  test PPL {name:>14}: {value:.4f}")
-    print(f"λ: {report['lambda']}\nexport: {report['export']}")
-    return {**report, "run_id": run_id, "model": model}
+@flow(name="search", flow_run_name="search-{cfg.preset}")
+def search_flow(cfg: RunConfig, parent_run_id: str | None = None, model: ModelArtifact | None = None,
+                data: DataArtifact | None = None, refresh: bool = False, name: str = "") -> SearchArtifact:
+    """Search on ``model`` (default: this config's base model); ``refresh`` recomputes every generation;
+    ``name`` names the MLflow run (default: search-<s>x or recovery-<s>x)."""
+    model, data = upstream(cfg, parent_run_id, model, data)
+    s = cfg.search
+    name = name or f"{'recovery' if s.mode == 'recovery' else 'search'}-{s.scale:g}x"
+    with runner.stage(name, cfg, parent_run_id=parent_run_id, data_version=data.fingerprint,
+                      consumed={"model": model, "data": data}, refresh=refresh) as stage:
+        generations = [stage.call(search_init, model, data, s)]
+        while generations[-1].generation < s.iterations and not generations[-1].stopped_early:
+            generations.append(stage.call(search_generation, model, data, s, generations[-1]))
+            g = generations[-1]
+            print(f"{name} generation {g.generation}: best {g.best:.4f}, median {g.median:.4f}")
+        result = stage.record(stage.call(search_report, model, data, s, generations))
+    print(f"winner: validation PPL {result.validation_ppl['winner']:.4f}, test PPL {result.test_ppl['winner']:.4f}"
+          f" ({result.evaluated} candidates evaluated)")
+    for key, value in sorted(result.test_ppl.items()):
+        print(f"  test PPL {key:>14}: {value:.4f}")
+    print(f"λ: {result.lam}\nexport: {result.export}")
+    return result

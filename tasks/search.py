@@ -1,43 +1,63 @@
 """Search tasks: one Prefect task per generation, a persisted fitness cache, the honest held-out report.
 
 Each generation's state (population, history, RNG state) is written to a JSON file; a generation task's cache
-key is the previous state's hash + the search config + the model and data versions + the code, so a killed
+key is the previous state's hash + the search config + the model and data identities + the code, so a killed
 search resumes from its last completed generation through cache hits and ends exactly as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from prefect import task
+from ropelab.tasks.caching import IDENTITY, code_version
+from ropelab.tasks.home import paths
+from ropelab.tasks.progress import progress_bar
+from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 
+from ropelab import identity
+from ropelab.artifacts import DataArtifact, ModelArtifact, SearchArtifact, Series
+from ropelab.atomic import write_text_atomic
 from ropelab.config import SearchConfig
 from ropelab.data.corpus import CorpusReader
-from ropelab.errors import RopelabError
 from ropelab.eval.perplexity import truncated_windows
 from ropelab.eval.plots import plot_search_curves
 from ropelab.models import load_model
+from ropelab.rope.adapter import rope_basics, specs_from_config
+from ropelab.rope.export import export_hf
 from ropelab.rope.factors_io import write_rescale_factors
-from ropelab.rope.hf import export_hf, rope_basics, specs_from_config
 from ropelab.search.evolution import EvolutionConfig, SearchState, initial_state, next_generation
 from ropelab.search.fitness import batched_fitness
 from ropelab.search.space import CODE_START_TOKENS, PAPER_START_TOKENS, Candidate, SearchSpace, seed_vectors
-from tasks.caching import cached_on
-from tasks.model import progress_bar
-from tasks.retries import out_of_memory_is_final, transient_only
-from tasks.settings import paths
 
-POLICY = cached_on("run_id")
 OOM_HINT = "lower search.tokens_per_batch (one window per forward at most) or search.num_windows"
+START_TOKENS = {"none": None, "paper": PAPER_START_TOKENS, "code": CODE_START_TOKENS}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A saved generation: its state file (hashed: part of the next generation's key) and its statistics."""
+
+    state_path: Path
+    state_sha: str
+    generation: int
+    best: float
+    median: float
+    evaluated: int
+    log_path: Path
+    stopped_early: bool
+
+    def exists(self) -> bool:
+        return self.state_path.exists() and self.log_path.exists()
 
 
 @functools.lru_cache(maxsize=1)
-def cached_model(path: str):
+def cached_model(path: Path):
     """One load per process for all generation tasks of a search."""
     return load_model(path)
 
@@ -46,18 +66,15 @@ def space_for(model, cfg: SearchConfig) -> SearchSpace:
     """The search space on this model: stage 1 on a base model, stage 2 (product with the model's λ) on a
     fine-tuned longrope model, or a recovery search of short factors."""
     b = rope_basics(model.config)
-    choices = {"none": None, "paper": PAPER_START_TOKENS, "code": CODE_START_TOKENS}[cfg.start_tokens]
     common = dict(head_dim=b.head_dim, base=b.base, scale=cfg.scale,
                   original_max_position_embeddings=b.original_max_position_embeddings, bounds=cfg.bounds,
-                  start_token_choices=choices, max_rescale=cfg.max_rescale or None,
+                  start_token_choices=START_TOKENS[cfg.start_tokens], max_rescale=cfg.max_rescale or None,
                   attention_factor=cfg.attention_factor or None)
     long, _ = specs_from_config(model.config)
     if cfg.mode == "recovery":
         if cfg.attention_factor == 0 and long.method == "longrope":
             common["attention_factor"] = long.compute()[1]  # transformers applies the long set's to short inputs
         return SearchSpace(**common)
-    if cfg.mode != "extend":
-        raise RopelabError(f"search.mode must be extend or recovery, got {cfg.mode!r}")
     if long.method != "longrope":
         return SearchSpace(**common)
     trained_length = model.config.max_position_embeddings
@@ -70,136 +87,138 @@ def evolution_config(cfg: SearchConfig) -> EvolutionConfig:
                            cfg.mutation_probability, cfg.evo_scale, early_stop_patience=cfg.early_stop_patience)
 
 
-def windows_for(tokenizer, space: SearchSpace, split: str, count: int, seed: int) -> torch.Tensor:
-    if count < 1:
-        knobs = ("search.num_windows, pipeline.final_search_windows" if split == "validation"
-                 else "search.test_windows, pipeline.final_search_test_windows")
-        raise RopelabError(f"a search needs at least one {split} window, got {count} ({knobs})")
+def windows_for(tokenizer, corpus: Path, space: SearchSpace, split: str, count: int, seed: int) -> torch.Tensor:
     purpose = "search" if split == "validation" else "evaluate"
-    docs = [tokenizer.encode(d.text) for d in CorpusReader(paths().corpus).documents(split, purpose)]
+    docs = [tokenizer.encode(d.text) for d in CorpusReader(corpus).documents(split, purpose)]
     return truncated_windows(docs, space.target_length, count, tokenizer.bos_token_id, torch.Generator().manual_seed(seed))
 
 
-def search_dir(model_fp: str, data_md5: str, cfg: SearchConfig) -> Path:
-    key = hashlib.sha256(json.dumps([model_fp, data_md5, repr(cfg)]).encode()).hexdigest()[:12]
-    return paths().artifacts / "search" / f"s{cfg.scale:g}-{key}"
+def search_dir(model: ModelArtifact, cfg: SearchConfig) -> Path:
+    key = identity.json_identity([model, cfg, code_version()])
+    return paths().artifacts / "search" / f"s{cfg.scale:g}-{identity.short(key)}"
 
 
 class FitnessCache:
-    """Fitness values persisted per (model, data version, windows, length): a repeat never pays twice."""
+    """Fitness values persisted per (model, data, windows, code version), keyed by each candidate's full RoPE
+    setting as the fitness installs it (method, factors, n̂, attention policy and factor as computed), so a
+    search with another attention policy, mode or explicit factor never receives these values."""
 
-    def __init__(self, path: Path, step: float):
-        self.path, self.step = path, step
+    def __init__(self, path: Path, space: SearchSpace, attention_policy: str):
+        self.path, self.space, self.policy = path, space, attention_policy
         path.parent.mkdir(parents=True, exist_ok=True)
         self.values = {}
         if path.exists():
             for line in path.read_text().splitlines():
                 row = json.loads(line)
-                self.values[(tuple(row["key"]), row["start_tokens"])] = row["fitness"]
+                self.values[row["setting"]] = row["fitness"]
+
+    def setting(self, c: Candidate) -> str:
+        spec = self.space.spec(c, self.policy)
+        return identity.json_identity({**spec.to_dict(), "computed_attention_factor": spec.compute()[1]})
 
     def wrap(self, fitness):
         def cached(candidates):
-            missing = [c for c in candidates if self._key(c) not in self.values]
+            keys = [self.setting(c) for c in candidates]
+            missing = [(k, c) for k, c in zip(keys, candidates, strict=True) if k not in self.values]
             if missing:
                 with open(self.path, "a") as fh:
-                    for c, value in zip(missing, fitness(missing), strict=True):
-                        self.values[self._key(c)] = value
-                        fh.write(json.dumps({"key": list(self._key(c)[0]), "start_tokens": c.start_tokens,
-                                             "fitness": value}) + "\n")
-            return [self.values[self._key(c)] for c in candidates]
+                    for (key, c), value in zip(missing, fitness([c for _, c in missing]), strict=True):
+                        self.values[key] = value
+                        fh.write(json.dumps({"setting": key, **c.to_dict(), "fitness": value}) + "\n")
+            return [self.values[k] for k in keys]
 
         return cached
 
-    def _key(self, c: Candidate):
-        return (tuple(int(round(v / self.step)) for v in c.rescale_factors), c.start_tokens)
 
-
-def _fitness(model_path: str, model_fp: str, data_md5: str, cfg: SearchConfig, bar=None):
-    model, tokenizer = cached_model(model_path)
-    space = space_for(model, cfg)
-    windows = windows_for(tokenizer, space, "validation", cfg.num_windows, cfg.seed)
-    windows_sha = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:12]
-    cache = FitnessCache(paths().artifacts / "fitness-cache" / f"{model_fp[:12]}-{data_md5[:8]}-{windows_sha}.jsonl",
-                         space.step)
+def _fitness(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, bar=None):
+    loaded, tokenizer = cached_model(model.path)
+    space = space_for(loaded, cfg)
+    windows = windows_for(tokenizer, data.path, space, "validation", cfg.num_windows, cfg.seed)
+    name = f"{model.fingerprint[:12]}-{data.fingerprint[:8]}-{identity.tensor_identity(windows)[:12]}-{code_version()}"
+    cache = FitnessCache(paths().artifacts / "fitness-cache" / f"{name}.jsonl", space, cfg.attention_policy)
     on_batch = (lambda rows: bar[0].update(bar[1], advance=rows)) if bar else None
-    fn = batched_fitness(model, space, windows, tokens_per_batch=cfg.tokens_per_batch,
+    fn = batched_fitness(loaded, space, windows, tokens_per_batch=cfg.tokens_per_batch,
                          attention_policy=cfg.attention_policy, on_batch=on_batch)
     return space, cache.wrap(fn)
 
 
-def _save_state(state: SearchState, directory: Path) -> dict:
+def _save_state(state: SearchState, directory: Path) -> Generation:
     directory.mkdir(parents=True, exist_ok=True)
     text = state.to_json()
-    path = directory / f"state-{state.generation:03d}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # a kill mid-write never leaves a truncated state
+    path = write_text_atomic(directory / f"state-{state.generation:03d}.json", text)
     new = [e for e in state.history if e.generation == state.generation]
-    log = directory / f"generation-{state.generation:03d}.jsonl"
-    log.write_text("".join(json.dumps({**e.candidate.to_dict(), "fitness": e.fitness, "origin": e.origin}) + "\n"
-                           for e in new))
+    log = write_text_atomic(directory / f"generation-{state.generation:03d}.jsonl", "".join(
+        json.dumps({**e.candidate.to_dict(), "fitness": e.fitness, "origin": e.origin}) + "\n" for e in new))
     fitness = [e.fitness for e in state.population]
-    return {"state_path": str(path), "state_sha": hashlib.sha256(text.encode()).hexdigest(),
-            "generation": state.generation, "best": min(fitness), "median": float(np.median(fitness)),
-            "evaluated": len(new), "log_path": str(log), "stopped_early": state.stopped_early,
-            "best_rescale_factors": list(state.best.candidate.rescale_factors)}
+    return Generation(path, identity.sha256_bytes(text.encode()), state.generation, min(fitness),
+                      float(np.median(fitness)), len(new), log, state.stopped_early)
 
 
-@task(name="search-init", cache_policy=POLICY, retries=2, retry_delay_seconds=[10, 60],
+@task(name="search-init", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
-def search_init(model_path: str, model_fp: str, data_md5: str, cfg: SearchConfig) -> dict:
+def search_init(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig) -> Generation:
     """The seeded initial population, evaluated (generation 0)."""
     with progress_bar() as bar:
         job = bar.add_task("search: initial population", total=None, status="")
-        space, fitness = _fitness(model_path, model_fp, data_md5, cfg, (bar, job))
+        space, fitness = _fitness(model, data, cfg, (bar, job))
         rng = np.random.default_rng(cfg.seed)
         with out_of_memory_is_final("search", space.target_length, OOM_HINT):
             state = initial_state(fitness, space, evolution_config(cfg), rng, seed_vectors(space, cfg.seeds))
-    return _save_state(state, search_dir(model_fp, data_md5, cfg))
+    return _save_state(state, search_dir(model, cfg))
 
 
-@task(name="search-generation", cache_policy=POLICY, retries=2, retry_delay_seconds=[10, 60],
+@task(name="search-generation", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
-def search_generation(model_path: str, model_fp: str, data_md5: str, cfg: SearchConfig, previous: dict) -> dict:
+def search_generation(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, previous: Generation) -> Generation:
     """One generation from the previous state file (its hash is part of the cache key)."""
-    state = SearchState.from_json(Path(previous["state_path"]).read_text())
+    state = SearchState.from_json(previous.state_path.read_text())
     with progress_bar() as bar:
         job = bar.add_task(f"search: generation {state.generation + 1}", total=None, status="")
-        space, fitness = _fitness(model_path, model_fp, data_md5, cfg, (bar, job))
+        space, fitness = _fitness(model, data, cfg, (bar, job))
         with out_of_memory_is_final("search", space.target_length, OOM_HINT):
             state = next_generation(state, fitness, space, evolution_config(cfg))
-    return _save_state(state, search_dir(model_fp, data_md5, cfg))
+    return _save_state(state, search_dir(model, cfg))
 
 
-@task(name="search-report", cache_policy=POLICY)
-def search_report(model_path: str, model_fp: str, data_md5: str, cfg: SearchConfig, final: dict) -> dict:
+def generation_series(generations: list[Generation]) -> tuple[Series, ...]:
+    names = {"best": "search/best_fitness", "median": "search/median_fitness", "evaluated": "search/evaluated_in_generation"}
+    return tuple(Series(metric, tuple((g.generation, float(getattr(g, field))) for g in generations))
+                 for field, metric in names.items())
+
+
+@task(name="search-report", cache_policy=IDENTITY)
+def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig,
+                  generations: list[Generation]) -> SearchArtifact:
     """Winner and seeds re-evaluated on held-out test windows; λ as JSON + CSV; HF export; λ-curve plot."""
-    model, tokenizer = cached_model(model_path)
-    space = space_for(model, cfg)
-    state = SearchState.from_json(Path(final["state_path"]).read_text())
-    out = search_dir(model_fp, data_md5, cfg) / "result"
+    loaded, tokenizer = cached_model(model.path)
+    space = space_for(loaded, cfg)
+    state = SearchState.from_json(generations[-1].state_path.read_text())
+    out = search_dir(model, cfg) / "result"
     seeds = {e.origin.removeprefix("seed:"): e for e in state.history if e.origin.startswith("seed:")}
-    test = windows_for(tokenizer, space, "test", cfg.test_windows, cfg.seed)
+    test = windows_for(tokenizer, data.path, space, "test", cfg.test_windows, cfg.seed)
     contenders = {"winner": state.best.candidate, **{f"seed:{k}": e.candidate for k, e in seeds.items()}}
-    test_ppl = dict(zip(contenders, batched_fitness(model, space, test, tokens_per_batch=cfg.tokens_per_batch,
-                                                    attention_policy=cfg.attention_policy)(list(contenders.values())),
-                        strict=True))
+    scores = batched_fitness(loaded, space, test, tokens_per_batch=cfg.tokens_per_batch,
+                             attention_policy=cfg.attention_policy)(list(contenders.values()))
+    test_ppl = dict(zip(contenders, scores, strict=True))
     winner = state.best.candidate
-    stored = space.stored_factors(winner)
-    meta = {"factor": space.total_factor or space.scale, "search_scale": space.scale, "mode": cfg.mode, "start_tokens": winner.start_tokens,
-            "original_max_position_embeddings": space.original_max_position_embeddings,
+    spec = space.spec(winner, cfg.attention_policy)
+    meta = {"factor": space.total_factor or space.scale, "search_scale": space.scale, "mode": cfg.mode,
+            "start_tokens": winner.start_tokens, "original_max_position_embeddings": space.original_max_position_embeddings,
             "validation_ppl": state.best.fitness, "test_ppl": test_ppl["winner"], "attention_policy": cfg.attention_policy,
-            "attention_factor": space.spec(winner, cfg.attention_policy).compute()[1]}
-    lam_json = write_rescale_factors(out / "rescale_factors.json", stored, **meta, searched=list(winner.rescale_factors))
-    write_rescale_factors(out / "rescale_factors.csv", stored)
-    generations = sorted(Path(final["state_path"]).parent.glob("state-*.json"))
-    best_curves = [SearchState.from_json(p.read_text()).best.candidate.rescale_factors for p in generations]
+            "attention_factor": spec.compute()[1]}
+    lam = write_rescale_factors(out / "rescale_factors.json", space.stored_factors(winner), **meta,
+                                searched=list(winner.rescale_factors))
+    write_rescale_factors(out / "rescale_factors.csv", space.stored_factors(winner))
+    best_curves = [SearchState.from_json(g.state_path.read_text()).best.candidate.rescale_factors for g in generations]
     plot_search_curves({k: e.candidate.rescale_factors for k, e in seeds.items()}, best_curves,
                        out / "lambda_curves.png", f"searched λ at s = {space.scale:g} (L' = {test.shape[1]})")
-    export = export_hf(model, out / "hf_export", space.spec(winner, cfg.attention_policy),
-                       tokenizer=tokenizer, provenance={"search": str(out.parent), "data_version": data_md5})
+    export = export_hf(loaded, out / "hf_export", spec, tokenizer=tokenizer,
+                       provenance={"search": str(out.parent), "data_version": data.fingerprint})
     validation = {"winner": state.best.fitness, **{f"seed:{k}": e.fitness for k, e in seeds.items()}}
-    (out / "report.json").write_text(json.dumps({"test_ppl": test_ppl, "validation_ppl": validation,
-                                                  "evaluated": len(state.history)}, indent=2))
-    return {"dir": str(out), "lambda": str(lam_json), "test_ppl": test_ppl, "validation_ppl": validation,
-            "export": str(export.path), "lossy": export.lossy, "evaluated": len(state.history)}
+    write_text_atomic(out / "report.json", json.dumps({"test_ppl": test_ppl, "validation_ppl": validation,
+                                                       "evaluated": len(state.history)}, indent=2))
+    return SearchArtifact(out, identity.sha256_file(lam)[:16], data.fingerprint, lam=lam, export=export.path,
+                          mode=cfg.mode, test_ppl=test_ppl, validation_ppl=validation, evaluated=len(state.history),
+                          generations=generation_series(generations),
+                          generation_logs=tuple(g.log_path for g in generations), lossy=tuple(export.lossy))
+

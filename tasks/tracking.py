@@ -2,33 +2,34 @@
 
 Runs are created and written through an explicit ``MlflowClient`` with explicit run ids, never the
 thread-local active-run stack (Prefect runs tasks in worker threads, where ``start_run(nested=True)`` would
-create unlinked runs). Every run carries the lineage contract: Prefect flow-run id, git commit, data version,
-preset, full resolved config (params + YAML artifact), parent run, and the runs it consumed.
+create unlinked runs). Only the stage runner (``runner.py``) opens and ends runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
+from ropelab.tasks.home import paths
 
-import mlflow
+import ropelab
+from ropelab.artifacts import Record
 from ropelab.config import RunConfig, flatten, to_dict
-from tasks.settings import REPO_ROOT, paths
 
 MAX_PARAM = 500  # MLflow's param value limit is larger, but long lists belong in artifacts
+BATCH = 900  # MLflow's log_batch takes at most 1000 metrics
 
 
 def client() -> MlflowClient:
-    return MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    return MlflowClient(tracking_uri=paths().tracking_uri)
 
 
 def experiment_id(name: str) -> str:
@@ -36,19 +37,19 @@ def experiment_id(name: str) -> str:
     found = c.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = paths().mlflow_artifacts.as_uri()
-    return c.create_experiment(name, artifact_location=location)
+    return c.create_experiment(name, artifact_location=paths().mlflow_artifacts.as_uri())
 
 
-def git_commit() -> str:
+def git_commit(home: Path) -> str:
+    """The project's commit (the home's git repository), '-dirty' when tracked files changed."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=home, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=home,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except OSError:
         return "unknown"
-    return (sha or "unknown") + ("-dirty" if dirty else "")
+    return (sha or "none") + ("-dirty" if sha and dirty else "")
 
 
 def flow_run_id() -> str:
@@ -57,46 +58,44 @@ def flow_run_id() -> str:
     return str(flow_run.id or "none")
 
 
-def start_run(stage: str, config: RunConfig, *, parent_run_id: str | None = None, data_version: str | None = None,
-              consumed: Mapping[str, str] | None = None) -> str:
-    """Create a run for one stage with the lineage tags, params and config artifact; return its id."""
+def lineage_tags(stage: str, config: RunConfig, code_version: str, parent_run_id: str | None,
+                 data_version: str | None, consumed: Mapping[str, str]) -> dict[str, str]:
     tags = {"ropelab.stage": stage, "ropelab.preset": config.preset, "prefect.flow_run_id": flow_run_id(),
-            "git.commit": git_commit(), "data.version": data_version or "none",
-            "mlflow.runName": stage}
+            "ropelab.version": ropelab.__version__, "ropelab.code_version": code_version,
+            "git.commit": git_commit(paths().home), "data.version": data_version or "none", "mlflow.runName": stage}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    for name, run_id in (consumed or {}).items():
-        tags[f"ropelab.consumed.{name}"] = run_id
-    run = client().create_run(experiment_id(config.experiment), tags=tags, run_name=stage)
-    run_id = run.info.run_id
-    params = {k: str(v)[:MAX_PARAM] for k, v in flatten(to_dict(config)).items()}
-    client().log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    tags |= {f"ropelab.consumed.{name}": run_id for name, run_id in consumed.items() if run_id}
+    return tags
+
+
+def create_run(config: RunConfig, tags: dict[str, str]) -> str:
+    """A run with the lineage tags, the resolved config as params and as config.yaml; returns its id."""
+    run_id = client().create_run(experiment_id(config.experiment), tags=tags, run_name=tags["mlflow.runName"]).info.run_id
+    params = [Param(k, str(v)[:MAX_PARAM]) for k, v in flatten(to_dict(config)).items()]
+    for i in range(0, len(params), 100):
+        client().log_batch(run_id, params=params[i:i + 100])
     log_text(run_id, yaml.safe_dump(to_dict(config), sort_keys=False), "config.yaml")
     return run_id
 
 
-def finish_run(run_id: str, ok: bool = True) -> None:
-    client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+def end_run(run_id: str, error: BaseException | None = None) -> None:
+    if error is not None:
+        set_tags(run_id, {"ropelab.error": f"{type(error).__name__}: {error}".splitlines()[0][:500]})
+    client().set_terminated(run_id, "FINISHED" if error is None else "FAILED")
 
 
-@contextlib.contextmanager
-def stage_run(stage: str, config: RunConfig, **kwargs) -> Iterator[str]:
-    run_id = start_run(stage, config, **kwargs)
-    try:
-        yield run_id
-    except BaseException:
-        finish_run(run_id, ok=False)
-        raise
-    finish_run(run_id)
+def child_runs(parent_run_id: str) -> list:
+    parent = client().get_run(parent_run_id)
+    return client().search_runs([parent.info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                order_by=["attributes.start_time ASC"], max_results=1000)
 
 
 def stage_durations(parent_run_id: str) -> list[tuple[str, float]]:
     """(run name, seconds) of the parent's finished child runs, in the order they started."""
-    parent = client().get_run(parent_run_id)
-    children = client().search_runs([parent.info.experiment_id],
-                                    filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                    order_by=["attributes.start_time ASC"], max_results=1000)
-    return [(r.info.run_name, (r.info.end_time - r.info.start_time) / 1000) for r in children if r.info.end_time]
+    return [(r.info.run_name, (r.info.end_time - r.info.start_time) / 1000) for r in child_runs(parent_run_id)
+            if r.info.end_time]
 
 
 def metric_name(name: str) -> str:
@@ -104,10 +103,27 @@ def metric_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-    entities = [mlflow.entities.Metric(metric_name(k), float(v), int(mlflow.utils.time.get_current_time_millis()), step or 0)
-                for k, v in metrics.items()]
-    client().log_batch(run_id, metrics=entities)
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    now = get_current_time_millis()
+    log_points(run_id, [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items()])
+
+
+def log_points(run_id: str, points: list) -> None:
+    for i in range(0, len(points), BATCH):
+        client().log_batch(run_id, metrics=points[i:i + BATCH])
+
+
+def log_record(run_id: str, record: Record) -> None:
+    """Everything a stage's result says about itself: metrics, series (with steps), tags, files."""
+    log_metrics(run_id, record.metrics)
+    now = get_current_time_millis()
+    log_points(run_id, [Metric(metric_name(s.name), float(v), now, int(step)) for s in record.series
+                        for step, v in s.points])
+    set_tags(run_id, record.tags)
+    for path, folder in record.files:
+        log_artifact(run_id, path, folder or None)
+    for name, digest, source in record.datasets:
+        log_dataset(run_id, name, digest, source, "training")
 
 
 def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
@@ -135,6 +151,5 @@ def log_json(run_id: str, data, name: str) -> None:
 
 def log_dataset(run_id: str, name: str, digest: str, source: str, context: str) -> None:
     """The data version as an MLflow dataset input (shown under 'Datasets' in the UI)."""
-    dataset = mlflow.entities.Dataset(name=name, digest=digest, source_type="dvc", source=source)
-    tag = mlflow.entities.InputTag("mlflow.data.context", context)
-    client().log_inputs(run_id, datasets=[mlflow.entities.DatasetInput(dataset, tags=[tag])])
+    dataset = Dataset(name=name, digest=digest, source_type="dvc", source=source)
+    client().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])

@@ -2,77 +2,89 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 
 from prefect import task
+from ropelab.tasks.caching import IDENTITY, code_version
+from ropelab.tasks.home import paths
+from ropelab.tasks.model import loss_curves
+from ropelab.tasks.progress import progress_bar
+from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 
+from ropelab import identity
+from ropelab.artifacts import DataArtifact, ModelArtifact
 from ropelab.config import FinetuneConfig
 from ropelab.data.corpus import CorpusReader
 from ropelab.errors import RopelabError
 from ropelab.eval import zoo
-from ropelab.models import fingerprint, load_model
+from ropelab.models import load_model
+from ropelab.rope.adapter import base_spec, rope_basics
+from ropelab.rope.export import export_hf
 from ropelab.rope.factors_io import read_rescale_spec
-from ropelab.rope.hf import base_spec, export_hf, rope_basics
 from ropelab.rope.registry import RopeSpec
 from ropelab.train.data import pack_documents
 from ropelab.train.finetune import finetune
-from tasks import tracking
-from tasks.caching import cached_on
-from tasks.model import progress_bar
-from tasks.retries import out_of_memory_is_final, transient_only
-from tasks.settings import paths
+
+LOG_EVERY = 1
 
 
-def finetune_spec(model, cfg: FinetuneConfig) -> RopeSpec:
+def finetune_spec(model, cfg: FinetuneConfig, lam: Path | None) -> RopeSpec:
     b = rope_basics(model.config)
     if cfg.method != "longrope":
         length = int(round(cfg.scale * b.original_max_position_embeddings))
-        return zoo.baseline(cfg.method)(length, b)[0]  # unknown names raise, listing the baselines
-    if not cfg.rescale_factors_file:
+        return zoo.baseline(cfg.method)(length, b)[0]
+    if lam is None:
         raise RopelabError("finetune.method longrope needs finetune.rescale_factors_file (a search's λ file)")
-    return read_rescale_spec(cfg.rescale_factors_file, head_dim=b.head_dim, base=b.base,
+    return read_rescale_spec(lam, head_dim=b.head_dim, base=b.base,
                              original_max_position_embeddings=b.original_max_position_embeddings,
                              default_factor=cfg.scale)
 
 
-def work_dir(model_fp: str, data_md5: str, cfg: FinetuneConfig, lam_sha: str) -> Path:
-    key = hashlib.sha256(json.dumps([model_fp, data_md5, repr(cfg), lam_sha]).encode()).hexdigest()[:12]
-    return paths().artifacts / "finetune" / key
+def work_dir(model: ModelArtifact, cfg: FinetuneConfig, lam_identity: str) -> Path:
+    """Checkpoints of a run in flight, keyed by everything the result depends on, the code version included
+    (a rerun after a code change never resumes from the old code's checkpoint)."""
+    key = identity.json_identity([model, cfg, lam_identity, code_version()])
+    return paths().artifacts / "finetune" / identity.short(key)
 
 
-@task(name="finetune", cache_policy=cached_on("run_id"), retries=2, retry_delay_seconds=[10, 60],
+def lambda_identity(lam: Path | None) -> str:
+    return identity.sha256_file(lam)[:16] if lam else ""
+
+
+@task(name="finetune", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
-def finetune_model(model_path: str, model_fp: str, data_md5: str, cfg: FinetuneConfig, lam_sha: str,
-                   run_id: str) -> dict:
-    """Fine-tune; checkpoints every K steps (a killed run resumes); the result is a stock HF directory."""
-    model, tokenizer = load_model(model_path)
-    long = finetune_spec(model, cfg)
+def finetune_model(model: ModelArtifact, data: DataArtifact, cfg: FinetuneConfig, lam: Path | None,
+                   lam_sha: str) -> ModelArtifact:
+    """Fine-tune; checkpoints every K steps (a killed run resumes); the result is a stock HF directory.
+    ``lam_sha`` (the λ file's content) is in the cache key; the path is where to read it."""
+    loaded, tokenizer = load_model(model.path)
+    long = finetune_spec(loaded, cfg, lam)
     train = cfg.train
-    docs = [tokenizer.encode(d.text) for d in CorpusReader(paths().corpus).documents("train", "finetune")]
+    docs = [tokenizer.encode(d.text) for d in CorpusReader(data.path).documents("train", "finetune")]
     blocks = pack_documents(docs, train.seq_len, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    directory = work_dir(model_fp, data_md5, cfg, lam_sha)
+    directory = work_dir(model, cfg, lam_sha)
     (directory / "checkpoint").mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with progress_bar() as bar:
         job = bar.add_task(f"fine-tuning at {train.seq_len}", total=train.steps, status="")
-
-        def on_step(rec):
-            bar.update(job, completed=rec.step + 1, status=f"loss {rec.loss:.3f}")
-            tracking.log_metrics(run_id, {"finetune/loss": rec.loss, "finetune/lr": rec.lr}, rec.step)
-
         with out_of_memory_is_final("fine-tuning", train.seq_len,
                                     "lower finetune.train.batch_size and raise grad_accum, or shard with FSDP"):
-            history = finetune(model, blocks, long, train, only_beyond_original=cfg.only_beyond_original,
-                               on_step=on_step, checkpoint_dir=directory / "checkpoint")
-    short = base_spec(model.config) if cfg.only_beyond_original else None
-    report = export_hf(model, directory / "model", long, short, tokenizer=tokenizer,
-                       provenance={"base_model": model_path, "data_version": data_md5})
+            history = finetune(loaded, blocks, long, train, only_beyond_original=cfg.only_beyond_original,
+                               on_step=lambda rec: bar.update(job, completed=rec.step + 1, status=f"loss {rec.loss:.3f}"),
+                               checkpoint_dir=directory / "checkpoint")
+    short = base_spec(loaded.config) if cfg.only_beyond_original else None
+    report = export_hf(loaded, directory / "model", long, short, tokenizer=tokenizer,
+                       provenance={"base_model": str(model.path), "data_version": data.fingerprint})
+    seconds = time.monotonic() - start
     (directory / "model" / "training.json").write_text(json.dumps(
-        {"seconds": time.monotonic() - start, "final_loss": history[-1].loss, "steps": len(history)}, indent=2))
+        {"seconds": seconds, "final_loss": history[-1].loss, "steps": len(history)}, indent=2))
     shutil.rmtree(directory / "checkpoint", ignore_errors=True)  # done: the exported model replaces it
-    return {"path": str(report.path), "fingerprint": fingerprint(report.path), "final_loss": history[-1].loss,
-            "first_loss": history[0].loss, "lossy": report.lossy, "rope_parameters": report.rope_parameters}
+    metrics = {"finetune/first_loss": history[0].loss, "finetune/final_loss": history[-1].loss,
+               "finetune/seconds": seconds}
+    return ModelArtifact(report.path, identity.model_fingerprint(report.path), data.fingerprint, kind="finetuned",
+                         original_length=model.original_length, metrics=metrics,
+                         history=loss_curves(history, LOG_EVERY, "finetune")[:2], lossy=tuple(report.lossy),
+                         rope_parameters=report.rope_parameters)

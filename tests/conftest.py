@@ -3,23 +3,34 @@ anything tries to reach a non-loopback address (the proof that tests run offline
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
+import shutil
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
-# A throwaway project home for the whole session (data/, mlflow/, .prefect/, artifacts/), set before anything
-# imports tasks/ or flows/, so tests never touch the developer's stores.
-SESSION_HOME = Path(tempfile.mkdtemp(prefix="ropelab-test-home-"))
-os.environ["ROPELAB_HOME"] = str(SESSION_HOME)
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{SESSION_HOME / 'mlflow' / 'mlflow.db'}"
+from ropelab import offline
+
+REPO = Path(__file__).resolve().parents[1]
+# A throwaway project home for the whole session: a clone of the repository's committed state (so a test can
+# check that running a preset leaves `git status` clean), configured before anything imports prefect or mlflow,
+# so tests never touch the developer's stores. Deleted when the session ends.
+offline.enforce()
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="ropelab-test-"))
+SESSION_HOME = SESSION_TMP / "home"
+subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(SESSION_HOME)], check=True)
+atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
 os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("ROPELAB_TRACKING_URI", None)
+
+from ropelab.tasks.home import configure_environment  # noqa: E402
+
+configure_environment(SESSION_HOME)
 
 import pytest  # noqa: E402, I001  (after the environment above)
-
-import ropelab  # noqa: E402, F401  (sets the offline environment first)
-import tasks  # noqa: E402, F401  (Prefect/MLflow settings before any test module imports prefect)
 
 NETWORK_ATTEMPTS: list[str] = []
 _real_connect, _real_connect_ex = socket.socket.connect, socket.socket.connect_ex

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from ropelab.flows.cli import main
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-from flows.cli import main
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 SETTING = ["--head-dim", "64", "--base", "10000", "--factor", "8", "--original-max-position-embeddings", "256"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from tests.conftest import SESSION_HOME
+from tests.conftest import REPO, SESSION_HOME
 
 
 def test_tasks_resolve_to_the_session_home():
-    from tasks.settings import REPO_ROOT, paths
+    from ropelab.tasks.home import paths
 
-    assert paths().home == SESSION_HOME.resolve() != REPO_ROOT
+    assert paths().home == SESSION_HOME.resolve() != REPO
     assert os.environ["PREFECT_HOME"].startswith(str(SESSION_HOME))
     assert str(SESSION_HOME) in os.environ["MLFLOW_TRACKING_URI"]

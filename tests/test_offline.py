@@ -29,7 +29,7 @@ def test_importing_ropelab_enforces_offline_settings():
 
 
 def test_console_entry_point_enforces_offline_settings():
-    done = run_python("import os, flows.cli; print(os.environ['HF_HUB_OFFLINE'], os.environ['DO_NOT_TRACK'])")
+    done = run_python("import os, ropelab.flows.cli; print(os.environ['HF_HUB_OFFLINE'], os.environ['DO_NOT_TRACK'])")
     assert done.stdout.split() == ["1", "true"]
 
 

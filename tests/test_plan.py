@@ -33,7 +33,7 @@ def test_parameter_count_matches_a_real_untied_llama():
 
 
 def test_plan_lists_every_stage_at_the_papers_lengths(capsys):
-    from flows.cli import main
+    from ropelab.flows.cli import main
 
     cfg = load_config(CONFIGS / "llama2-7b.yaml")
     assert search_candidates(cfg.search) == 64 + 40 * 32

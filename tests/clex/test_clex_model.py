@@ -11,7 +11,8 @@ from ropelab.clex.rotary import ClexRotaryEmbedding
 from ropelab.clex.train import ClexPositions, install_clex, train_clex
 from ropelab.config import ClexConfig, TrainConfig
 from ropelab.errors import RopelabError
-from ropelab.rope.hf import greedy_generate, install_rope, uninstall_rope
+from ropelab.rope.generation import greedy_generate
+from ropelab.rope.modules import install_rope, uninstall_rope
 from ropelab.rope.registry import RopeSpec
 from ropelab.train.loop import NonFiniteLossError, train_causal_lm
 

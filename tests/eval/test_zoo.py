@@ -8,7 +8,7 @@ import torch
 from ropelab.errors import RopelabError
 from ropelab.eval import zoo
 from ropelab.eval.perplexity import truncated_windows
-from ropelab.rope.hf import rope_basics
+from ropelab.rope.adapter import rope_basics
 from ropelab.rope.registry import RopeSpec
 
 L = 32

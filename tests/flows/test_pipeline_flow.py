@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import subprocess
 
 import pytest
 import torch
+from ropelab.tasks.home import resolve_config
 from transformers import AutoModelForCausalLM
 
-from ropelab.config import load_config, to_dict
-from ropelab.rope.hf import install_rope, load_export_specs
+from ropelab.config import derive, load_config
+from ropelab.rope.export import load_export_specs
+from ropelab.rope.modules import install_rope
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 pytestmark = pytest.mark.slow
+
+
+def smoke():
+    return load_config(resolve_config("smoke"))
 
 
 def snapshot() -> dict:
     """What the stages have produced on disk (directories per kind, fitness evaluations)."""
-    from tasks.settings import paths
+    from ropelab.tasks.home import paths
 
     art = paths().artifacts
     dirs = {kind: sorted(p.name for p in (art / kind).iterdir()) if (art / kind).exists() else []
@@ -29,55 +34,64 @@ def snapshot() -> dict:
     return dirs
 
 
+def stage_view(parent_run_id: str) -> dict:
+    """{stage run name: (metrics, cache tag)} of a pipeline's stage runs, as MLflow holds them."""
+    from ropelab.tasks import tracking
+
+    return {r.info.run_name: (r.data.metrics, r.data.tags.get("ropelab.cache")) for r in tracking.child_runs(parent_run_id)}
+
+
 @pytest.fixture(scope="module")
 def first():
-    from flows.pipeline import pipeline_flow
+    from ropelab.flows.pipeline import pipeline_flow
 
-    result = pipeline_flow(to_dict(load_config(CONFIGS / "smoke.yaml")))
+    result = pipeline_flow(smoke())
     return result, snapshot()
 
 
-def child_runs(parent_run_id: str) -> list:
-    from tasks import tracking
-
-    client = tracking.client()
-    parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
-
-
 def test_every_stage_ran_and_is_recorded(first):
-    from tasks import tracking
+    from ropelab.tasks import tracking
 
     result, _ = first
-    client = tracking.client()
-    children = child_runs(result["run_id"])
+    children = tracking.child_runs(result.run_id)
     stages = {r.data.tags["ropelab.stage"] for r in children}
-    assert {"base", "search1-2x", "search1-4x", "finetune-128", "finetune-256", "search2-2x", "recovery-1x",
+    assert {"data", "base", "search1-2x", "search1-4x", "finetune-128", "finetune-256", "search2-2x", "recovery-1x",
             "recovery-2x", "clex", "finetune-64", "evaluate-base", "evaluate-finetuned", "evaluate-clex",
             "evaluate-pi-4x"} <= stages
-    assert all(r.data.tags["data.version"] == result["base"]["data"]["md5"] for r in children)
-    assert "summary.md" in {a.path for a in client.list_artifacts(result["run_id"])}
+    assert all(r.data.tags["data.version"] == result.data.fingerprint for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert "summary.md" in {a.path for a in tracking.client().list_artifacts(result.run_id)}
+
+
+def test_running_the_smoke_preset_leaves_the_repository_clean(first):
+    """The session home is a clone of the repository: the smoke preset has its own committed data pointer."""
+    from ropelab.tasks.home import paths
+
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=paths().home, capture_output=True, text=True)
+    assert status.returncode == 0 and status.stdout == ""
 
 
 def test_summary_opens_with_the_headline_numbers_also_logged_on_the_parent_run(first):
-    from tasks import tracking
+    from ropelab.tasks import tracking
 
     result, _ = first
-    rows = result["combined"]
-    base_at_L, tuned = rows["base:none"]["64"], rows["finetuned:progressive_recovery"]
-    first_line = result["summary"].split("\n")[2]  # smoke: L = 64, final length 64 · 4 · 2 = 512
-    assert first_line.startswith(f"**512 tokens: PPL {tuned['512']:.3f}, {tuned['512'] / base_at_L:.2f}× the base "
-                                 f"model's {base_at_L:.3f} at 64; at 64: {tuned['64']:.3f}")
-    metrics = tracking.client().get_run(result["run_id"]).data.metrics
-    assert metrics["headline/final_length_ppl_over_base_at_L"] == pytest.approx(tuned["512"] / base_at_L)
-    assert metrics["headline/change_at_L"] == pytest.approx(tuned["64"] / base_at_L - 1)
+    rows = result.combined
+    base_at_L, tuned = rows["base:none"][64], rows["finetuned:progressive_recovery"]
+    first_line = result.summary.split("\n")[2]  # smoke: L = 64, final length 64 · 4 · 2 = 512
+    assert first_line.startswith(f"**512 tokens: PPL {tuned[512]:.3f}, {tuned[512] / base_at_L:.2f}× the base "
+                                 f"model's {base_at_L:.3f} at 64; at 64: {tuned[64]:.3f}")
+    metrics = tracking.client().get_run(result.run_id).data.metrics
+    assert metrics["headline/final_length_ppl_over_base_at_L"] == pytest.approx(tuned[512] / base_at_L)
+    assert metrics["headline/change_at_L"] == pytest.approx(tuned[64] / base_at_L - 1)
     assert metrics["minutes/base"] > 0
 
 
 def test_summary_lists_the_wall_time_of_every_stage_run(first):
+    from ropelab.tasks import tracking
+
     result, _ = first
-    children = child_runs(result["run_id"])
-    times = result["summary"].split("## stage times")[1]
+    children = tracking.child_runs(result.run_id)
+    times = result.summary.split("## stage times")[1]
     rows = [line.split("|")[1:3] for line in times.strip().splitlines()[2:]]
     assert sorted(name.strip() for name, _ in rows[:-1]) == sorted(r.info.run_name for r in children)
     minutes = [float(m) for _, m in rows]
@@ -85,20 +99,20 @@ def test_summary_lists_the_wall_time_of_every_stage_run(first):
 
 
 def test_stage_two_search_takes_its_own_iteration_count(first):
-    from tasks import tracking
+    from ropelab.tasks import tracking
 
     result, _ = first
-    generations = tracking.client().list_artifacts(result["stage2"]["run_id"], "generations")
+    generations = tracking.client().list_artifacts(result.stage2.run_id, "generations")
     assert len(generations) == 1 + 2  # initial population + pipeline.final_search_iterations (search: 3)
 
 
 def test_export_reloads_in_stock_transformers_with_equal_logits(first):
     result, _ = first
-    path = result["export"]["path"]
+    path = result.export.path
     stock = AutoModelForCausalLM.from_pretrained(path).eval()
     assert stock.config.rope_parameters["rope_type"] == "longrope"
     long, short = load_export_specs(path)
-    assert bool(result["export"]["lossy"]) == bool(long.start_tokens or (short and short.start_tokens))
+    assert bool(result.export.lossy) == bool(long.start_tokens or (short and short.start_tokens))
     ours = AutoModelForCausalLM.from_pretrained(path).eval()
     install_rope(ours, long.replace(start_tokens=0), short.replace(start_tokens=0) if short else None)  # n̂: lossy
     for length in (32, 64, 300):
@@ -109,31 +123,51 @@ def test_export_reloads_in_stock_transformers_with_equal_logits(first):
 
 def test_exported_short_factors_are_the_better_set_at_L(first):
     result, _ = first
-    choice = result["short_choice"]
-    scores = choice["validation_ppl"]
-    assert set(scores) == {"recovery", "long"} and choice["chosen"] == min(scores, key=scores.get)
-    exported = AutoModelForCausalLM.from_pretrained(result["export"]["path"]).config.rope_parameters
-    assert exported["short_factor"] == pytest.approx(list(choice["short"]["rescale_factors"]))
-    assert f"short factors exported: **{choice['chosen']}**" in result["summary"]
+    choice = result.short_choice
+    scores = choice.validation_ppl
+    assert set(scores) == {"recovery", "long"} and choice.chosen == min(scores, key=scores.get)
+    exported = AutoModelForCausalLM.from_pretrained(result.export.path).config.rope_parameters
+    assert exported["short_factor"] == pytest.approx(list(choice.short["rescale_factors"]))
+    assert f"short factors exported: **{choice.chosen}**" in result.summary
 
 
-def test_second_run_is_all_cache_hits(first):
-    from flows.pipeline import pipeline_flow
+def test_second_run_is_all_cache_hits_with_the_same_mlflow_view(first):
+    from ropelab.flows.pipeline import pipeline_flow
 
     result, before = first
-    again = pipeline_flow(to_dict(load_config(CONFIGS / "smoke.yaml")))
+    again = pipeline_flow(smoke())
     assert snapshot() == before  # no stage produced anything new, no candidate evaluated again
-    assert again["export"] == result["export"]
+    assert again.export == result.export
+    first_view, second_view = stage_view(result.run_id), stage_view(again.run_id)
+    assert set(first_view) == set(second_view)
+    for name, (metrics, _) in first_view.items():
+        stable = {k: v for k, v in metrics.items() if not k.endswith("seconds")}
+        assert {k: v for k, v in second_view[name][0].items() if not k.endswith("seconds")} == stable, name
+    assert {tag for _, tag in second_view.values()} == {"hit"}
+    assert {tag for _, tag in first_view.values()} >= {"miss"}
+
+
+def test_an_eval_setting_recomputes_evaluation_only(first):
+    from ropelab.flows.pipeline import pipeline_flow
+
+    result, _ = first
+    again = pipeline_flow(derive(smoke(), eval={"num_windows": 4}))
+    view = stage_view(again.run_id)
+    evaluations = {n for n in view if n.startswith("evaluate")}
+    assert evaluations and all(view[n][1] == "miss" for n in evaluations)
+    assert all(tag == "hit" for n, (_, tag) in view.items() if n not in evaluations and n != "base"), view
+    assert view["base"][1] in ("hit", "partial")  # pretraining reused; only the base's held-out score is redone
+    assert again.base.path == result.base.path
 
 
 def test_rerun_from_recovery_recomputes_it_and_downstream_only(first):
-    from flows.pipeline import pipeline_flow
+    from ropelab.flows.pipeline import pipeline_flow
 
     _, before = first
-    pipeline_flow(to_dict(load_config(CONFIGS / "smoke.yaml")), rerun_from="recovery")
+    pipeline_flow(smoke(), rerun_from="recovery")
     after = snapshot()
     assert after["models"] == before["models"] and after["finetune"] == before["finetune"]
-    assert len(after["eval"]) == len(before["eval"]) + 4  # base, fine-tuned, CLEX, PI evaluations ran again
+    assert len(after["eval"]) >= len(before["eval"]) + 4  # base, fine-tuned, CLEX, PI evaluations ran again
     assert after["fitness"] == before["fitness"]  # …answered by the fitness cache: never paid twice
     for name, (mode, written) in after["written"].items():
         rewritten = written != before["written"][name][1]
@@ -141,28 +175,30 @@ def test_rerun_from_recovery_recomputes_it_and_downstream_only(first):
 
 
 def test_clex_stage_is_trained_exported_and_compared(first):
+    from ropelab.tasks import tracking
+
     from ropelab.clex.io import is_clex_export, load_clex
-    from tasks import tracking
 
     result, _ = first
-    clex = result["clex"]
-    assert is_clex_export(clex["path"]) and Path(clex["plot"]).exists()
-    history = tracking.client().get_metric_history(clex["run_id"], "clex/loss")
+    clex = result.clex
+    assert is_clex_export(clex.path) and all(p.exists() for p in clex.plots)
+    history = tracking.client().get_metric_history(clex.run_id, "clex/loss")
     assert len(history) >= 2 and all(h.value == h.value for h in history)  # logged, finite
-    stock = AutoModelForCausalLM.from_pretrained(clex["path"]).eval()  # stock transformers accepts the export
+    stock = AutoModelForCausalLM.from_pretrained(clex.path).eval()  # stock transformers accepts the export
     assert stock.config.rope_parameters["rope_type"] == "default"
-    load_clex(clex["path"], stock)
+    load_clex(clex.path, stock)
     assert type(stock.model.rotary_emb).__name__ == "ClexRotaryEmbedding"
-    rows = result["combined"]
+    rows = result.combined
     assert {"clex", "pi-4x fine-tuned", "finetuned:progressive", "base:yarn"} <= set(rows)
-    assert set(rows["clex"]) == {"64", "128", "256", "512", "1024"}
+    assert set(rows["clex"]) == {64, 128, 256, 512, 1024}
     # the PI export's config records only its extended length: evaluated at multiples of the base L all the same
     assert set(rows["pi-4x fine-tuned"]) == set(rows["clex"])
-    assert "| clex |" in result["summary"] and "| pi-4x fine-tuned |" in result["summary"]
+    assert "| clex |" in result.summary and "| pi-4x fine-tuned |" in result.summary
 
 
 def test_unknown_rerun_stage_is_a_clear_error():
-    from flows.pipeline import refresh_from
+    from ropelab.flows.pipeline import refresh_from
+
     from ropelab.errors import RopelabError
 
     with pytest.raises(RopelabError, match="stages: base, search1"):

@@ -11,16 +11,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def pipeline_process(home: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME")}
-    env["ROPELAB_HOME"] = str(home)
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "pipeline", "--config", str(REPO / "configs/smoke.yaml")],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "ROPELAB_HOME")}
+    return subprocess.Popen([sys.executable, "-m", "ropelab.flows.cli", "pipeline", "--config", "smoke",
+                             "--home", str(home)], cwd=home, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def stage_two_started(art: Path) -> bool:
@@ -39,6 +37,9 @@ def produced(art: Path) -> dict:
 
 
 def test_killed_during_stage_two_rerun_continues_from_completed_stages(tmp_path):
+    from ropelab.tasks.home import init_home
+
+    init_home(tmp_path)
     art = tmp_path / "artifacts"
     first = pipeline_process(tmp_path)
     deadline = time.monotonic() + 900

@@ -8,7 +8,8 @@ import torch
 from ropelab.errors import RopelabError
 from ropelab.models import load_model, smollm2_gguf
 from ropelab.rope import RopeSpec
-from ropelab.rope.hf import install_rope, rope_basics
+from ropelab.rope.adapter import rope_basics
+from ropelab.rope.modules import install_rope
 
 
 def test_local_hf_directory_round_trip(tiny_llama, tmp_path):

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from ropelab.errors import RopelabError
 from ropelab.rope import RopeSpec
-from ropelab.rope.hf import EXPORT_RECORD, LossyExportWarning, export_hf, install_rope, load_export_specs
+from ropelab.rope.export import EXPORT_RECORD, LossyExportWarning, export_hf, load_export_specs
+from ropelab.rope.modules import install_rope
 
 L, HEAD_DIM, BASE = 64, 16, 10000.0
 LONG = (1.0, 1.1, 1.3, 1.8, 2.5, 4.0, 6.0, 8.0)

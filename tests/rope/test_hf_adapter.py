@@ -7,14 +7,9 @@ import torch
 
 from ropelab.errors import RopelabError
 from ropelab.rope import RopeSpec
-from ropelab.rope.hf import (
-    RopelabRotaryEmbedding,
-    install_rope,
-    rope_basics,
-    specs_from_config,
-    uninstall_rope,
-)
+from ropelab.rope.adapter import rope_basics, specs_from_config
 from ropelab.rope.methods import rope_frequencies
+from ropelab.rope.modules import RopelabRotaryEmbedding, install_rope, uninstall_rope
 
 L, HEAD_DIM, BASE = 64, 16, 10000.0
 LONG = [1.0, 1.0, 1.2, 1.5, 2.0, 3.0, 4.0, 6.0]

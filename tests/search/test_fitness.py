@@ -9,7 +9,7 @@ import torch
 from ropelab.config import ModelConfig
 from ropelab.errors import RopelabError
 from ropelab.models import build_tiny_llama
-from ropelab.rope.hf import install_per_row_rope, uninstall_rope
+from ropelab.rope.modules import install_per_row_rope, uninstall_rope
 from ropelab.search.evolution import mutate
 from ropelab.search.fitness import batched_fitness, reference_fitness
 from ropelab.search.space import PAPER_START_TOKENS, SearchSpace, seed_vectors

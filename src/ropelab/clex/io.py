@@ -14,9 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ropelab.atomic import staged_directory
 from ropelab.clex.rotary import ClexRotaryEmbedding
 from ropelab.errors import RopelabError
-from ropelab.rope.hf import install_rotary, rope_basics, save_tokenizer, staged_directory, uninstall_rope
+from ropelab.rope.adapter import rope_basics
+from ropelab.rope.export import save_tokenizer
+from ropelab.rope.modules import install_rotary, uninstall_rope
 
 CLEX_RECORD = "clex.json"
 CLEX_WEIGHTS = "clex_dynamics.safetensors"

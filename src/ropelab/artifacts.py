@@ -1,0 +1,170 @@
+"""Typed contracts between stages: what each stage returns, and what of it the tracking store records.
+
+Every artifact names its location (``Path``s), its content fingerprint, the data version it was made from,
+the MLflow run of the stage that recorded it (``run_id``, set by the stage runner) and the runs it consumed.
+``identity()`` is its content identity (cache keys use it, never the path or the run); ``record()`` is what the
+stage runner logs — the same whether the stage body ran or its result came from the cache; ``paths()`` are
+the files a later stage needs (a cached result whose files are gone is recomputed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Series:
+    """One metric logged at several steps (a loss curve; PPL against length with the length as the step)."""
+
+    name: str
+    points: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the stage runner writes to a stage's MLflow run."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    series: tuple[Series, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    files: tuple[tuple[Path, str], ...] = ()  # (file or directory, artifact folder in the run)
+    datasets: tuple[tuple[str, str, str], ...] = ()  # (name, digest, source): MLflow dataset inputs
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    fingerprint: str
+    data_version: str
+    run_id: str = ""
+    consumed: tuple[str, ...] = ()
+
+    def identity(self) -> dict:
+        return {"kind": type(self).__name__, "fingerprint": self.fingerprint, "data_version": self.data_version}
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+    def exists(self) -> bool:
+        return all(p.exists() for p in self.paths())
+
+    def recorded_by(self, run_id: str, consumed: tuple[str, ...] = ()) -> Artifact:
+        return dataclasses.replace(self, run_id=run_id, consumed=consumed)
+
+    def record(self) -> Record:
+        return Record(tags={"artifact.path": str(self.path), "artifact.fingerprint": self.fingerprint})
+
+
+@dataclass(frozen=True)
+class DataArtifact(Artifact):
+    """The corpus directory (``<home>/<name>/corpus``); fingerprint = the DVC md5 of ``<name>/``."""
+
+    name: str = "data"
+    documents: dict[str, int] = field(default_factory=dict)
+    chars: dict[str, int] = field(default_factory=dict)
+
+    def record(self) -> Record:
+        return Record(metrics={f"chars/{k}": v for k, v in self.chars.items()}
+                      | {f"documents/{k}": v for k, v in self.documents.items()},
+                      tags={"data.pointer": f"{self.name}.dvc", "data.version": self.fingerprint},
+                      files=((self.path / "manifest.json", ""),),
+                      datasets=((self.name, self.fingerprint, str(self.path)),))
+
+
+LOGGED_MODELS = ("base", "clex")  # copied into the run's artifacts (fine-tunes are stock exports next to it)
+
+
+@dataclass(frozen=True)
+class ModelArtifact(Artifact):
+    """A stock transformers directory (base, fine-tuned, CLEX export) or a user's model file."""
+
+    kind: str = "base"
+    original_length: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: tuple[Series, ...] = ()
+    lossy: tuple[str, ...] = ()
+    rope_parameters: dict = field(default_factory=dict)
+    plots: tuple[Path, ...] = ()
+    read_documents: tuple[str, ...] = ()  # sha256 of every document its training read (lineage; never test)
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path, *self.plots)
+
+    def record(self) -> Record:
+        tags = {"model.path": str(self.path), "model.fingerprint": self.fingerprint, "model.kind": self.kind}
+        if self.lossy:
+            tags["export.lossy"] = "; ".join(self.lossy)
+        files = tuple((p, "plots") for p in self.plots)
+        if self.kind in LOGGED_MODELS:
+            files += ((self.path, "model"),)
+        return Record(dict(self.metrics), self.history, tags, files)
+
+
+@dataclass(frozen=True)
+class SearchArtifact(Artifact):
+    """A search's result directory: the winner's λ file (``lam``), its stock export, the honest report."""
+
+    lam: Path = Path()
+    export: Path = Path()
+    mode: str = "extend"
+    test_ppl: dict[str, float] = field(default_factory=dict)
+    validation_ppl: dict[str, float] = field(default_factory=dict)
+    evaluated: int = 0
+    generations: tuple[Series, ...] = ()
+    generation_logs: tuple[Path, ...] = ()
+    lossy: tuple[str, ...] = ()
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path, self.lam, self.export)
+
+    def record(self) -> Record:
+        metrics = {f"test_ppl/{k}": v for k, v in self.test_ppl.items()}
+        metrics |= {f"validation_ppl/{k}": v for k, v in self.validation_ppl.items()}
+        metrics["search/evaluated"] = float(self.evaluated)
+        files = ((self.path, "result"), *((log, "generations") for log in self.generation_logs))
+        return Record(metrics, self.generations, {"search.lambda": str(self.lam), "search.export": str(self.export)},
+                      files)
+
+
+@dataclass(frozen=True)
+class EvalArtifact(Artifact):
+    """An evaluation report directory: the PPL table {row: {length: PPL}}, passkey accuracy, plots."""
+
+    table: dict[str, dict[int, float]] = field(default_factory=dict)
+    passkey: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def record(self) -> Record:
+        metrics = {f"ppl/{row}/{n}": v for row, cells in self.table.items() for n, v in cells.items()}
+        series = tuple(Series(f"ppl/{row}", tuple(sorted(cells.items()))) for row, cells in self.table.items())
+        return Record(metrics, series, {"report.dir": str(self.path)}, ((self.path, "zoo"),))
+
+
+@dataclass(frozen=True)
+class ShortChoice:
+    """The exported short factor set: the candidate with the lowest validation PPL at L."""
+
+    chosen: str
+    short: dict
+    validation_ppl: dict[str, float]
+    length: int
+
+    def record(self) -> Record:
+        return Record({f"short_choice/{k}": v for k, v in self.validation_ppl.items()},
+                      tags={"short_choice.chosen": self.chosen})
+
+
+@dataclass(frozen=True)
+class ExportArtifact(Artifact):
+    """The pipeline's final stock transformers directory."""
+
+    lossy: tuple[str, ...] = ()
+    rope_parameters: dict = field(default_factory=dict)
+
+    def record(self) -> Record:
+        tags = {"export.path": str(self.path), "export.rope_type": str(self.rope_parameters.get("rope_type"))}
+        if self.lossy:
+            tags["export.lossy"] = "; ".join(self.lossy)
+        return Record(tags=tags)

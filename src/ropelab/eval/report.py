@@ -1,0 +1,94 @@
+"""Reports of composed runs: the CLEX comparison and the pipeline summary (Markdown), from typed artifacts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ropelab.artifacts import (
+    DataArtifact,
+    EvalArtifact,
+    ExportArtifact,
+    ModelArtifact,
+    SearchArtifact,
+    ShortChoice,
+)
+from ropelab.config import RunConfig
+from ropelab.eval.zoo import ExtensionHeadline
+from ropelab.plan import final_length
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    """Everything the progressive pipeline produced, stage by stage."""
+
+    data: DataArtifact
+    base: ModelArtifact
+    stage1: dict[float, SearchArtifact]
+    finetuned: tuple[ModelArtifact, ModelArtifact]
+    stage2: SearchArtifact
+    recovery: dict[float, SearchArtifact]
+    short_choice: ShortChoice
+    clex: ModelArtifact | None
+    reports: dict[str, EvalArtifact]
+    combined: dict[str, dict[int, float]]
+    export: ExportArtifact
+    headline: ExtensionHeadline
+    durations: tuple[tuple[str, float], ...] = ()
+    run_id: str = ""
+    summary: str = field(default="", compare=False)
+
+
+def comparison_markdown(tables: Mapping[str, Mapping[int, float]], cfg: RunConfig, caption: str) -> str:
+    lengths = sorted({int(n) for row in tables.values() for n in row})
+    lines = [f"{caption} ({cfg.eval.num_windows} {cfg.eval.split} windows, {cfg.eval.protocol})", "",
+             "| model | " + " | ".join(map(str, lengths)) + " |", "|---|" + "---:|" * len(lengths)]
+    for name, row in tables.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[n]:.3f}" if n in row else "–" for n in lengths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def clex_caption(cfg: RunConfig) -> str:
+    return f"CLEX (max_t {cfg.clex.max_t}) vs PI fine-tuned on the same tokens: held-out PPL"
+
+
+def stage_times_markdown(durations) -> str:
+    """Wall time per stage run, in the order they started (a cache hit shows as seconds)."""
+    rows = [f"| {name} | {seconds / 60:.2f} |" for name, seconds in durations]
+    total = sum(seconds for _, seconds in durations)
+    return "\n".join(["| stage | minutes |", "|---|---:|", *rows, f"| all stages | {total / 60:.2f} |"])
+
+
+def headline_line(cfg: RunConfig, h: ExtensionHeadline) -> str:
+    L = cfg.model.context_length
+    return (f"**{final_length(cfg)} tokens: PPL {h.final_at_final_length:.3f}, {h.long_ratio:.2f}× the base model's "
+            f"{h.base_at_L:.3f} at {L}; at {L}: {h.final_at_L:.3f} ({h.short_change:+.1%})** (exported model, "
+            "held-out windows)")
+
+
+def stage_lines(cfg: RunConfig, o: PipelineOutcome) -> list[str]:
+    choice = o.short_choice
+    lines = [f"- data version `{o.data.fingerprint}`; base model `{o.base.path}`",
+             *[f"- search {r:g}× on the base model: test PPL {s.test_ppl['winner']:.3f} "
+               f"(best seed {min(v for k, v in s.test_ppl.items() if k != 'winner'):.3f})" for r, s in o.stage1.items()],
+             f"- fine-tuned: `{o.finetuned[0].path}` → `{o.finetuned[1].path}` "
+             f"(final loss {o.finetuned[1].metrics['finetune/final_loss']:.3f})",
+             f"- search {cfg.pipeline.final_ratio:g}× on the fine-tuned model: test PPL {o.stage2.test_ppl['winner']:.3f}",
+             *[f"- recovery {r:g}×: test PPL {s.test_ppl['winner']:.3f}" for r, s in o.recovery.items()],
+             f"- short factors exported: **{choice.chosen}** (validation PPL at {choice.length}: "
+             + ", ".join(f"{k} {v:.3f}" for k, v in choice.validation_ppl.items()) + ")"]
+    if o.clex is not None:
+        m = o.clex.metrics
+        lines.append(f"- CLEX (max_t {cfg.clex.max_t}): `{o.clex.path}` (loss {m['clex/first_loss']:.3f} → "
+                     f"{m['clex/final_loss']:.3f}, {m['clex/seconds']:.0f} s)")
+    lossy = f" (lossy: {'; '.join(o.export.lossy)})" if o.export.lossy else ""
+    return [*lines, f"- export: `{o.export.path}`{lossy}"]
+
+
+def pipeline_summary(cfg: RunConfig, o: PipelineOutcome, zoo_markdown: Mapping[str, str]) -> str:
+    """Headline first, then every stage's output, one table of every stage, each zoo, the stage times."""
+    lines = [f"# ropelab pipeline: {cfg.preset}", "", headline_line(cfg, o.headline), "", *stage_lines(cfg, o), "",
+             "## every stage", "", comparison_markdown(o.combined, cfg, "Held-out PPL of every stage's output"), ""]
+    for name, text in zoo_markdown.items():
+        lines += [f"## {name} model", "", text, ""]
+    return "\n".join([*lines, "## stage times", "", stage_times_markdown(o.durations), ""])

@@ -1,0 +1,56 @@
+"""The progressive recipe's stage views: the config each pipeline stage runs with, derived from one RunConfig
+with typed helpers (``config.derive``), so a stage's MLflow params show exactly the settings it used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ropelab.config import RunConfig, derive
+from ropelab.plan import final_multiplier, stage_search_overrides
+
+
+def search1(cfg: RunConfig, ratio: float) -> RunConfig:
+    return derive(cfg, search={"scale": ratio})
+
+
+def finetune(cfg: RunConfig, lam: Path, ratio: float, steps: int) -> RunConfig:
+    """Fine-tune at L·ratio with a stage-1 search's λ file."""
+    return derive(cfg, finetune={"method": "longrope", "rescale_factors_file": str(lam),
+                                 "train": {"seq_len": int(cfg.model.context_length * ratio), "steps": steps}})
+
+
+def search2(cfg: RunConfig) -> RunConfig:
+    return derive(cfg, search={"scale": cfg.pipeline.final_ratio, **stage_search_overrides(cfg.pipeline, "search2")})
+
+
+def recovery(cfg: RunConfig, ratio: float, attention_factor: float) -> RunConfig:
+    """Short factors at L·ratio, capped by pipeline.recovery_max_rescale, scored with the long set's attention
+    factor (transformers applies it to short inputs too)."""
+    return derive(cfg, search={"scale": ratio, "mode": "recovery", "start_tokens": "none",
+                               **stage_search_overrides(cfg.pipeline, "recovery"),
+                               "max_rescale": cfg.pipeline.recovery_max_rescale, "attention_factor": attention_factor})
+
+
+def pi_comparison(cfg: RunConfig) -> RunConfig:
+    """PI at clex.compare_pi_scale, trained exactly like CLEX (same length, steps, batch, lr, seed)."""
+    from ropelab.config import to_dict
+
+    return derive(cfg, finetune={"method": "pi", "scale": cfg.clex.compare_pi_scale, "only_beyond_original": False,
+                                 "rescale_factors_file": "", "train": to_dict(cfg.clex.train)})
+
+
+def base_eval(cfg: RunConfig, lams: list[Path]) -> RunConfig:
+    """Baselines and the stage-1 λ sets on the base model."""
+    return derive(cfg, eval={"rescale_factor_files": [str(p) for p in lams]})
+
+
+def finetuned_eval(cfg: RunConfig) -> RunConfig:
+    """Only the pipeline's own settings on the fine-tuned model, up to the final length."""
+    multipliers = sorted({*cfg.eval.length_multipliers, final_multiplier(cfg.pipeline)})
+    return derive(cfg, eval={"methods": [], "rescale_factor_files": [], "length_multipliers": multipliers})
+
+
+def native_eval(cfg: RunConfig, original_length: int) -> RunConfig:
+    """Only the model's own RoPE (CLEX, or a fine-tune's rope_parameters), at multiples of the base model's L
+    (a stock PI export's config records only its extended length)."""
+    return derive(cfg, eval={"methods": ["native"], "rescale_factor_files": [], "original_length": original_length})

@@ -1,0 +1,90 @@
+"""Export: a model directory whose ``config.json`` uses stock ``rope_parameters``, so that
+``AutoModelForCausalLM.from_pretrained(dir)`` reproduces the in-memory logits without custom code. Whatever stock
+transformers cannot express (n̂) is reported loudly and recorded, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from ropelab.atomic import staged_directory
+from ropelab.rope.adapter import check_compatible, rope_basics, stock_rope_parameters
+from ropelab.rope.registry import RopeSpec
+
+EXPORT_RECORD = "ropelab_export.json"
+
+
+class LossyExportWarning(UserWarning):
+    """An export could not express part of the in-memory RoPE in stock transformers."""
+
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    rope_parameters: dict
+    max_position_embeddings: int
+    lossy: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "rope_parameters": self.rope_parameters,
+                "max_position_embeddings": self.max_position_embeddings, "lossy": self.lossy}
+
+
+
+def lossy_notes(long: RopeSpec, short: RopeSpec | None) -> list[str]:
+    notes = []
+    for name, spec in (("long", long), ("short", short)):
+        if spec is not None and spec.start_tokens:
+            notes.append(
+                f"{name} set: n̂ = {spec.start_tokens} un-interpolated start tokens dropped; stock transformers "
+                f"applies the scaled frequencies to every position (ropelab.rope.modules.install_rope restores n̂)"
+            )
+    return notes
+
+
+
+def export_hf(model: nn.Module, out_dir: str | Path, long: RopeSpec, short: RopeSpec | None = None,
+              tokenizer=None, provenance: dict | None = None) -> ExportReport:
+    """Save ``model`` with stock rope_parameters for (long, short); record what could not be expressed."""
+    basics = rope_basics(model.config)
+    for spec in (long, short):
+        if spec is not None:
+            check_compatible(spec, basics)
+    params, max_positions = stock_rope_parameters(long, short, basics)
+    out = Path(out_dir)
+    report = ExportReport(out, params, max_positions, lossy_notes(long, short))
+    record = {**report.to_dict(), "long": long.to_dict(), "short": short.to_dict() if short else None,
+              "provenance": provenance or {}}
+    with staged_directory(out) as staging:  # a half-written export never looks complete
+        model.save_pretrained(staging)
+        config = type(model.config).from_dict(
+            {**model.config.to_dict(), "rope_parameters": params, "max_position_embeddings": max_positions})
+        config.save_pretrained(staging)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, staging)
+        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+    for note in report.lossy:
+        warnings.warn(f"lossy export to {out}: {note}", LossyExportWarning, stacklevel=2)
+    return report
+
+
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    """transformers tokenizers have save_pretrained(dir); ropelab's own have save(dir)."""
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(directory)
+    else:
+        tokenizer.save(directory)
+
+
+
+def load_export_specs(path: str | Path) -> tuple[RopeSpec, RopeSpec | None]:
+    """The exact in-memory specs (with n̂) recorded by ``export_hf``."""
+    record = json.loads((Path(path) / EXPORT_RECORD).read_text())
+    short = record.get("short")
+    return RopeSpec.from_dict(record["long"]), RopeSpec.from_dict(short) if short else None

@@ -1,0 +1,150 @@
+"""Rotary modules and their installation: swap a loaded Llama-family model's ``model.model.rotary_emb`` for a
+module computing cos/sin from registry specs (n̂ start tokens, the short/long switch, one setting per batch
+row). No modeling file is copied and no ``forward`` is patched: decoder layers receive ``position_embeddings``
+from that one module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ropelab.errors import RopelabError
+from ropelab.rope.adapter import SUPPORTED_FAMILIES, RopeBasics, check_compatible, rope_basics
+from ropelab.rope.methods import rope_frequencies
+from ropelab.rope.registry import RopeSpec
+from ropelab.rope.rotary import rotary_cos_sin
+
+
+def _rotary_owner(model: nn.Module) -> nn.Module:
+    for owner in (getattr(model, "model", None), model):
+        if owner is not None and isinstance(getattr(owner, "rotary_emb", None), nn.Module):
+            return owner
+    raise RopelabError(
+        f"{type(model).__name__} has no rotary embedding module at model.model.rotary_emb; "
+        f"ropelab supports RoPE models of the Llama family: {SUPPORTED_FAMILIES}"
+    )
+
+
+class RopelabRotaryEmbedding(nn.Module):
+    """Drop-in rotary module: ``forward(x, position_ids) -> (cos, sin)`` of shape (batch, seq, head_dim).
+
+    Uses ``long`` for every length, or, when ``short`` is given, ``short`` while
+    ``max(position_ids) + 1 <= switch_length`` (transformers' longrope rule). As in transformers' longrope,
+    both sets use the long set's attention factor. Crossing the threshold during generation invalidates
+    cached keys (they were rotated with the other set): decode with the set the final length needs.
+    """
+
+    def __init__(self, long: RopeSpec, short: RopeSpec | None = None, switch_length: int | None = None):
+        super().__init__()
+        if short is not None and switch_length is None:
+            raise RopelabError("a short factor set needs switch_length (the original context length)")
+        for spec in (short,) if short is not None else ():
+            if (spec.head_dim, spec.base) != (long.head_dim, long.base):
+                raise RopelabError("short and long sets must share head_dim and base")
+        self.long, self.short, self.switch_length = long, short, switch_length
+        self.original_inv_freq = rope_frequencies(long.head_dim, long.base)
+        self._cache: dict[tuple, tuple[torch.Tensor, float]] = {}
+
+    def select(self, seq_len: int) -> RopeSpec:
+        """The spec in force for a sequence whose largest position is seq_len - 1."""
+        use_short = self.short is not None and seq_len <= self.switch_length
+        return self.short if use_short else self.long
+
+    def frequencies(self, seq_len: int) -> tuple[torch.Tensor, float]:
+        """(inv_freq, attention_factor) in force at this length, cached per (set, length if it matters)."""
+        spec = self.select(seq_len)
+        key = (spec is self.short, seq_len if spec.info.length_dependent or self.long.info.length_dependent else None)
+        if key not in self._cache:
+            inv_freq, attention = spec.compute(seq_len)
+            if spec is self.short:
+                attention = self.long.compute(seq_len)[1]
+            self._cache[key] = (inv_freq, attention)
+        return self._cache[key]
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seq_len = int(position_ids.max()) + 1
+        inv_freq, attention = self.frequencies(seq_len)
+        spec = self.select(seq_len)
+        cos, sin = rotary_cos_sin(
+            inv_freq.to(x.device), attention, position_ids, start_tokens=spec.start_tokens,
+            original_inv_freq=self.original_inv_freq.to(x.device),
+        )
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+    def extra_repr(self) -> str:
+        short = f", short={self.short.method}, switch_length={self.switch_length}" if self.short else ""
+        return f"long={self.long.method}{short}"
+
+
+class PerRowRotaryEmbedding(nn.Module):
+    """One RoPE setting per batch row (batched candidate evaluation in the search).
+
+    ``set_rows(specs)`` fixes the settings of the next forward's rows; every spec is evaluated at its own
+    (length-independent) frequencies, with its own attention factor and n̂.
+    """
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        self.original_inv_freq = rope_frequencies(head_dim, base)
+        self.rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def set_rows(self, specs: list[RopeSpec]) -> None:
+        computed = [spec.compute() for spec in specs]
+        self.rows = (torch.stack([inv for inv, _ in computed]),
+                     torch.tensor([a for _, a in computed], dtype=torch.float32),
+                     torch.tensor([spec.start_tokens for spec in specs], dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rows is None or self.rows[0].shape[0] != x.shape[0]:
+            raise RopelabError("PerRowRotaryEmbedding: set_rows() must give one spec per batch row")
+        position_ids = position_ids.expand(x.shape[0], -1)  # transformers passes (1, seq) for the whole batch
+        inv_freq, attention, start_tokens = (t.to(x.device) for t in self.rows)
+        cos, sin = rotary_cos_sin(inv_freq, attention, position_ids, start_tokens=start_tokens,
+                                  original_inv_freq=self.original_inv_freq.to(x.device))
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def install_per_row_rope(model: nn.Module) -> PerRowRotaryEmbedding:
+    """Replace the rotary module by a per-row one (uninstall_rope restores the original)."""
+    basics = rope_basics(model.config)
+    return install_rotary(model, PerRowRotaryEmbedding(basics.head_dim, basics.base))
+
+
+def install_rotary(model: nn.Module, module: nn.Module) -> nn.Module:
+    """Make ``module`` (forward(x, position_ids) -> (cos, sin)) the model's rotary module; uninstall_rope
+    restores the one the model was loaded with. The module becomes a submodule: its parameters (CLEX's ODE)
+    train with the model and appear in its state_dict."""
+    owner = _rotary_owner(model)
+    previous = owner.rotary_emb
+    module.__dict__["replaced"] = getattr(previous, "replaced", previous)  # plain attribute: not a submodule
+    owner.rotary_emb = module.to(next(model.parameters()).device)
+    return module
+
+
+def rotary_module(model: nn.Module) -> nn.Module:
+    return _rotary_owner(model).rotary_emb
+
+
+
+def rotary_for(long: RopeSpec, short: RopeSpec | None, basics: RopeBasics) -> RopelabRotaryEmbedding:
+    """The rotary module ``install_rope`` installs for these specs on a model with these basics."""
+    for spec in (long, short):
+        if spec is not None:
+            check_compatible(spec, basics)
+    switch = long.original_max_position_embeddings or basics.original_max_position_embeddings
+    return RopelabRotaryEmbedding(long, short, switch if short is not None else None)
+
+
+def install_rope(model: nn.Module, long: RopeSpec, short: RopeSpec | None = None) -> RopelabRotaryEmbedding:
+    """Replace the model's rotary module by one computing ``long`` (and ``short`` for short inputs)."""
+    return install_rotary(model, rotary_for(long, short, rope_basics(model.config)))
+
+
+
+def uninstall_rope(model: nn.Module) -> None:
+    """Put back the rotary module the model was loaded with."""
+    owner = _rotary_owner(model)
+    original = getattr(owner.rotary_emb, "replaced", None)
+    if original is not None:
+        owner.rotary_emb = original

@@ -1,0 +1,85 @@
+"""The stage runner: the one place that opens a stage's MLflow run, calls its tasks, records and ends it.
+
+A stage's run gets its name, the resolved config as params, the lineage tags (Prefect flow run, package and
+code version, git commit, data version, parent, the runs it consumed) and then exactly what its results'
+``record()`` say — whether each task body ran or its result came from the cache, so the MLflow view of a
+stage is the same either way. The run ends FINISHED, or FAILED with the one-line error as a tag (the parent
+too, since the error propagates through its stage). ``ropelab.cache`` says hit, miss or partial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from ropelab.tasks import tracking
+from ropelab.tasks.caching import code_version
+from ropelab.tasks.home import paths
+
+from ropelab.artifacts import Artifact
+from ropelab.config import RunConfig
+
+
+@dataclass
+class Stage:
+    name: str
+    run_id: str
+    refresh: bool = False
+    consumed: tuple[str, ...] = ()
+    hits: list[bool] = field(default_factory=list)
+
+    def call(self, task, *args, valid=None, refresh: bool | None = None, **kwargs):
+        """Run ``task`` with this home's result storage (``refresh``: recompute, default this stage's). A cached
+        result that is no longer valid (its files are gone: ``exists()``, or ``valid(result)`` is false) is
+        recomputed."""
+        state = self._submit(task, self.refresh if refresh is None else refresh, args, kwargs)
+        result = state.result()
+        hit = state.name == "Cached"
+        if hit and not still_valid(result, valid):
+            result, hit = self._submit(task, True, args, kwargs).result(), False
+        self.hits.append(hit)
+        return result
+
+    def _submit(self, task, refresh: bool, args, kwargs):
+        # refresh_cache=None defers to PREFECT_TASKS_REFRESH_CACHE, which `--refresh` sets
+        options = task.with_options(refresh_cache=True if refresh else None, result_storage=paths().results)
+        return options(*args, return_state=True, **kwargs)
+
+    def record(self, *items):
+        """Log each item's record() on this stage's run; artifacts come back stamped with this run."""
+        out = []
+        for item in items:
+            tracking.log_record(self.run_id, item.record())
+            if isinstance(item, Artifact):
+                item = item.recorded_by(self.run_id, self.consumed)
+            out.append(item)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def cache_state(self) -> str:
+        if not self.hits:
+            return "none"
+        return "hit" if all(self.hits) else "miss" if not any(self.hits) else "partial"
+
+
+def still_valid(result, valid=None) -> bool:
+    if valid is not None:
+        return bool(valid(result))
+    exists = getattr(result, "exists", None)
+    return exists() if callable(exists) else True
+
+
+@contextlib.contextmanager
+def stage(name: str, config: RunConfig, *, parent_run_id: str | None = None, data_version: str | None = None,
+          consumed: Mapping[str, Artifact] | None = None, refresh: bool = False) -> Iterator[Stage]:
+    """Open the stage's MLflow run, yield the Stage to call tasks and record results through, end the run."""
+    runs = {k: a.run_id for k, a in (consumed or {}).items()}
+    tags = tracking.lineage_tags(name, config, code_version(), parent_run_id, data_version, runs)
+    current = Stage(name, tracking.create_run(config, tags), refresh, tuple(r for r in runs.values() if r))
+    try:
+        yield current
+    except BaseException as exc:
+        tracking.end_run(current.run_id, exc)
+        raise
+    tracking.set_tags(current.run_id, {"ropelab.cache": current.cache_state()})
+    tracking.end_run(current.run_id)
