@@ -20,10 +20,12 @@ $(VENV)/.setup-done: pyproject.toml
 # The main job on the embedded default: the whole pipeline (data → tiny base → LongRoPE → CLEX → evaluation →
 # export), tracked in MLflow.
 demo: setup
-	$(BIN)/ropelab pipeline --config configs/tiny.yaml
+	$(BIN)/ropelab pipeline --config tiny
 
+# The suite, then the package as a user installs it (wheel → fresh virtualenv → init → smoke pipeline twice).
 test: setup
 	$(BIN)/python -m pytest
+	bash .ci/wheel-check
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

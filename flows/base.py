@@ -6,13 +6,14 @@ import dataclasses
 from pathlib import Path
 
 from prefect import flow
-from ropelab.flows.data import data_flow
-from ropelab.tasks import runner
-from ropelab.tasks.model import describe_model, pretrain_base, score_base
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact
 from ropelab.config import RunConfig
+from ropelab.errors import RopelabError
+from ropelab.flows.data import data_flow
+from ropelab.tasks import runner
+from ropelab.tasks.model import describe_model, pretrain_base, score_base
 
 
 @flow(name="base", flow_run_name="base-{cfg.preset}")
@@ -22,6 +23,9 @@ def base_flow(cfg: RunConfig, parent_run_id: str | None = None, refresh: bool = 
     with runner.stage("base", cfg, parent_run_id=parent_run_id, data_version=data.fingerprint,
                       consumed={"data": data}, refresh=refresh) as stage:
         if cfg.model.source != "tiny":
+            if not Path(cfg.model.source).exists():
+                raise RopelabError(f"model.source {cfg.model.source} does not exist (a local model directory, a "
+                                   ".gguf file, or tiny)")
             signature = identity.stat_signature(Path(cfg.model.source))
             model = stage.call(describe_model, cfg.model.source, cfg.model.trust_remote_code, data, signature)
         else:

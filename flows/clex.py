@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from prefect import flow
-from ropelab.flows.base import upstream
-from ropelab.flows.evaluate import evaluate_stage
-from ropelab.flows.finetune import finetune_flow
-from ropelab.tasks import runner
-from ropelab.tasks.clex import train_clex_model
 
 from ropelab import recipe
 from ropelab.artifacts import DataArtifact, EvalArtifact, ModelArtifact
 from ropelab.config import RunConfig
 from ropelab.eval.report import clex_caption, comparison_markdown
+from ropelab.flows.base import upstream
+from ropelab.flows.evaluate import evaluate_stage
+from ropelab.flows.finetune import finetune_flow
+from ropelab.tasks import runner
+from ropelab.tasks.clex import train_clex_model
 
 
 def clex_stage(cfg: RunConfig, parent_run_id: str | None, model: ModelArtifact, data: DataArtifact,

@@ -38,9 +38,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def load(args) -> RunConfig:
-    from ropelab.tasks.home import resolve_config
-
     from ropelab.config import load_config
+    from ropelab.tasks.home import resolve_config
 
     return load_config(resolve_config(args.config), args.overrides)
 

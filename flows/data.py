@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from prefect import flow
-from ropelab.tasks import runner
-from ropelab.tasks.data import build_corpus, data_matches, source_fingerprint
 
 from ropelab.artifacts import DataArtifact
 from ropelab.config import RunConfig
+from ropelab.tasks import runner
+from ropelab.tasks.data import build_corpus, data_matches, source_fingerprint
 
 
 @flow(name="data", flow_run_name="data-{cfg.preset}")

@@ -5,17 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from ropelab.flows.base import upstream
-from ropelab.tasks import runner
-from ropelab.tasks.evaluate import evaluate_zoo
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, EvalArtifact, ModelArtifact
 from ropelab.config import RunConfig
+from ropelab.errors import RopelabError
+from ropelab.flows.base import upstream
+from ropelab.tasks import runner
+from ropelab.tasks.evaluate import evaluate_zoo
 
 
 def lambda_files(paths) -> tuple[tuple[Path, str], ...]:
     """λ files with their content identities (the cache key sees an edited file)."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise RopelabError(f"eval.rescale_factor_files: no such file {', '.join(missing)}")
     return tuple((Path(p), identity.sha256_file(Path(p))[:16]) for p in paths)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from ropelab.flows.base import upstream
-from ropelab.tasks import runner
-from ropelab.tasks.train import finetune_model, lambda_identity
 
 from ropelab.artifacts import DataArtifact, ModelArtifact
 from ropelab.config import RunConfig
+from ropelab.flows.base import upstream
+from ropelab.tasks import runner
+from ropelab.tasks.train import finetune_model, lambda_identity
 
 
 @flow(name="finetune", flow_run_name="finetune-{cfg.preset}")

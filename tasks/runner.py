@@ -13,12 +13,11 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from ropelab.artifacts import Artifact
+from ropelab.config import RunConfig
 from ropelab.tasks import tracking
 from ropelab.tasks.caching import code_version
 from ropelab.tasks.home import paths
-
-from ropelab.artifacts import Artifact
-from ropelab.config import RunConfig
 
 
 @dataclass

@@ -15,10 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from prefect import task
-from ropelab.tasks.caching import IDENTITY, code_version
-from ropelab.tasks.home import paths
-from ropelab.tasks.progress import progress_bar
-from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact, SearchArtifact, Series
@@ -34,6 +30,10 @@ from ropelab.rope.factors_io import write_rescale_factors
 from ropelab.search.evolution import EvolutionConfig, SearchState, initial_state, next_generation
 from ropelab.search.fitness import batched_fitness
 from ropelab.search.space import CODE_START_TOKENS, PAPER_START_TOKENS, Candidate, SearchSpace, seed_vectors
+from ropelab.tasks.caching import IDENTITY, code_version
+from ropelab.tasks.home import paths
+from ropelab.tasks.progress import progress_bar
+from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 
 OOM_HINT = "lower search.tokens_per_batch (one window per forward at most) or search.num_windows"
 START_TOKENS = {"none": None, "paper": PAPER_START_TOKENS, "code": CODE_START_TOKENS}

@@ -18,11 +18,11 @@ import yaml
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
-from ropelab.tasks.home import paths
 
 import ropelab
 from ropelab.artifacts import Record
 from ropelab.config import RunConfig, flatten, to_dict
+from ropelab.tasks.home import paths
 
 MAX_PARAM = 500  # MLflow's param value limit is larger, but long lists belong in artifacts
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics

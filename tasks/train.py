@@ -8,11 +8,6 @@ import time
 from pathlib import Path
 
 from prefect import task
-from ropelab.tasks.caching import IDENTITY, code_version
-from ropelab.tasks.home import paths
-from ropelab.tasks.model import loss_curves
-from ropelab.tasks.progress import progress_bar
-from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact
@@ -25,6 +20,11 @@ from ropelab.rope.adapter import base_spec, rope_basics
 from ropelab.rope.export import export_hf
 from ropelab.rope.factors_io import read_rescale_spec
 from ropelab.rope.registry import RopeSpec
+from ropelab.tasks.caching import IDENTITY, code_version
+from ropelab.tasks.home import paths
+from ropelab.tasks.model import loss_curves
+from ropelab.tasks.progress import progress_bar
+from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 from ropelab.train.data import pack_documents
 from ropelab.train.finetune import finetune
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from ropelab.flows.cli import main
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from ropelab.flows.cli import main
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 SETTING = ["--head-dim", "64", "--base", "10000", "--factor", "8", "--original-max-position-embeddings", "256"]
@@ -71,8 +73,9 @@ def test_lambda_file_accepts_json_list(capsys, tmp_path):
     (["rope", "show", "--method", "longrope", *SETTING, "--rescale-factors", "/nonexistent/l.txt"], "cannot read"),
     (["rope", "show", "--method", "linear", "--factor", "0.5"], "factor must be >= 1"),
     (["rope", "show", "--method", "yarn", "--factor", "4"], "needs original_max_position_embeddings"),
-    (["clex", "--set", "clex.max_t=0", "--set", "clex.positions=zigzag"], "max_t must be ≥ 1 (got 0); positions"),
-    (["pipeline", "--set", "clex.time_dt=0"], "time_dt must be in (0, 1]"),
+    (["clex", "--set", "clex.max_t=0", "--set", "clex.positions=zigzag"],
+     "clex.max_t must be ≥ 1, got 0; clex.positions: 'zigzag' is not one of random, uniform, chunks"),
+    (["pipeline", "--set", "clex.time_dt=0"], "clex.time_dt must be > 0"),
 ])
 def test_user_mistakes_give_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)
@@ -109,7 +112,8 @@ def test_console_script_is_installed_and_runs():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["data", "--config", "/nonexistent/preset.yaml"], "cannot read config"),
+    (["data", "--config", "/nonexistent/preset.yaml"], "is neither a file nor a preset; presets: llama2-7b"),
+    (["pipeline", "--set", "preset=x/../../escape"], "preset: 'x/../../escape' must be a plain name"),
     (["base", "--set", "pretrain.stepz=3"], "unknown key(s) stepz; valid keys: steps"),
     (["search", "--set", "search.scale=fast"], "expected a number"),
     (["evaluate", "--set", "eval"], "key.path=value"),
@@ -128,3 +132,41 @@ def test_config_command_prints_resolved_yaml_and_explains(capsys):
     assert code == 0 and "scale: 16.0" in out and "preset: tiny" in out
     code, out, _ = run_cli(capsys, "config", "--explain")
     assert code == 0 and "search.evo_scale = 1.0:" in out
+
+
+@pytest.mark.parametrize("key", sorted(__import__("tests.test_config_choices", fromlist=["CHOICES"]).CHOICES))
+def test_a_misspelled_choice_stops_the_pipeline_command_before_any_stage(capsys, tmp_path, monkeypatch, key):
+    """No project home, no Prefect, no model: the config is rejected first, in one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ROPELAB_HOME", raising=False)
+    value = "[bogus]" if key == "eval.methods" else "bogus"
+    code, out, err = run_cli(capsys, "pipeline", "--config", "smoke", "--set", f"{key}={value}")
+    assert code == 2 and key in err and "'bogus'" in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_flow_commands_outside_a_project_say_how_to_make_one(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ROPELAB_HOME", raising=False)
+    code, _, err = run_cli(capsys, "data", "--config", "smoke")
+    assert code == 2 and "ropelab init" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_user_error_inside_a_stage_is_one_line_not_retried_and_marks_the_run_failed():
+    """finetune.method=longrope without a λ file is only known inside the fine-tuning task."""
+    from ropelab.tasks import tracking
+    from ropelab.tasks.home import paths
+
+    started = time.monotonic()
+    done = subprocess.run([str(Path(sys.executable).parent / "ropelab"), "finetune", "--config", "smoke",
+                           "--set", "finetune.method=longrope", "--set", "experiment=user-error"],
+                          capture_output=True, text=True, timeout=600, cwd=paths().home)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines == ["ropelab: error: finetune.method longrope needs finetune.rescale_factors_file (a search's λ file)"]
+    client = tracking.client()
+    experiment = client.get_experiment_by_name("user-error")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    failed = runs["finetune-1024"]
+    assert failed.info.status == "FAILED" and "rescale_factors_file" in failed.data.tags["ropelab.error"]
+    assert time.monotonic() - started < 10 + 120  # no retry: the first retry waits 10 s, the second 60 s

@@ -30,7 +30,7 @@ def test_overrides_are_typed_and_nested():
     assert cfg.pretrain.steps == 7 and cfg.pretrain.lr == 1e-3 and cfg.data.sources == ("a", "b")
     with pytest.raises(RopelabError, match="expected a number"):
         load_config(CONFIGS / "tiny.yaml", ["pretrain.lr=fast"])
-    with pytest.raises(RopelabError, match="expected int"):
+    with pytest.raises(RopelabError, match="expected an integer"):
         load_config(CONFIGS / "tiny.yaml", ["pretrain.steps=many"])
     with pytest.raises(RopelabError, match="key.path=value"):
         load_config(None, ["pretrain.steps"])

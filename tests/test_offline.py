@@ -21,16 +21,14 @@ def run_python(code: str, env: dict | None = None, timeout: int = 120) -> subpro
                           env=env or CLEAN_ENV, cwd="/")
 
 
-def test_importing_ropelab_enforces_offline_settings():
-    done = run_python("import os, json, ropelab; print(json.dumps(dict(os.environ)))")
-    env = __import__("json").loads(done.stdout)
+def test_console_entry_point_enforces_offline_settings_and_importing_does_not():
+    code = ("import os, json, contextlib, io, ropelab.flows.cli as cli\nbefore = dict(os.environ)\n"
+            "with contextlib.redirect_stdout(io.StringIO()): cli.main(['rope', 'methods'])\n"
+            "print(json.dumps([before, dict(os.environ)]))")
+    done = run_python(code)
+    before, after = __import__("json").loads(done.stdout)
     for key, value in {**HUB_OFFLINE, **TELEMETRY_OFF}.items():
-        assert env.get(key) == value, key
-
-
-def test_console_entry_point_enforces_offline_settings():
-    done = run_python("import os, ropelab.flows.cli; print(os.environ['HF_HUB_OFFLINE'], os.environ['DO_NOT_TRACK'])")
-    assert done.stdout.split() == ["1", "true"]
+        assert before.get(key) is None and after.get(key) == value, key
 
 
 def test_hub_name_fails_fast_instead_of_waiting_on_the_network():

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ropelab.config import load_config
+from ropelab.config import check_pipeline, load_config
 from ropelab.errors import RopelabError
 from ropelab.plan import (
-    check_pipeline,
     parameter_count,
     pipeline_plan,
     search_candidates,

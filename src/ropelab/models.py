@@ -46,6 +46,8 @@ def build_tiny_llama(cfg: ModelConfig, seed: int):
 
 
 def save_model(model, tokenizer, directory: Path) -> Path:
+    """Save weights, config and tokenizer into ``directory``. Not atomic by itself: callers write into a
+    ``ropelab.atomic.staged_directory`` so a half-saved model never looks complete."""
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)  # safetensors + config.json
     tokenizer.save(directory)

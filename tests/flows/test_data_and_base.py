@@ -6,10 +6,10 @@ import dataclasses
 import math
 
 import pytest
-from ropelab.tasks.home import resolve_config
 
 from ropelab.config import derive, load_config
 from ropelab.data.corpus import CorpusReader
+from ropelab.tasks.home import resolve_config
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ropelab.tasks.home import resolve_config
 from transformers import AutoModelForCausalLM
 
 from ropelab.config import load_config
+from ropelab.tasks.home import resolve_config
 
 pytestmark = pytest.mark.slow
 OVERRIDES = ["finetune.method=yarn", "finetune.scale=2", "finetune.train.seq_len=128", "finetune.train.steps=6",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ropelab.tasks.home import resolve_config
 from transformers import AutoConfig
 
 from ropelab.config import derive, load_config
+from ropelab.tasks.home import resolve_config
 
 pytestmark = pytest.mark.slow
 

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from ropelab.clex.fused import Rk4ThroughDynamics, rk4_grid, stage_times
+from ropelab.config import BACKENDS
 from ropelab.errors import RopelabError
 from ropelab.rope.methods import rope_frequencies
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"tanh": nn.Tanh, "silu": nn.SiLU}
-BACKENDS = ("rk4", "torchdiffeq")
 
 
 def _exponents(head_dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -23,9 +23,10 @@ class LossyExportWarning(UserWarning):
     """An export could not express part of the in-memory RoPE in stock transformers."""
 
 
-
 @dataclass
 class ExportReport:
+    """Where an export went, the stock numbers it wrote, and what stock transformers could not express."""
+
     path: Path
     rope_parameters: dict
     max_position_embeddings: int
@@ -36,8 +37,8 @@ class ExportReport:
                 "max_position_embeddings": self.max_position_embeddings, "lossy": self.lossy}
 
 
-
 def lossy_notes(long: RopeSpec, short: RopeSpec | None) -> list[str]:
+    """One line per part of (long, short) the stock config drops (n̂), so it is reported, never silent."""
     notes = []
     for name, spec in (("long", long), ("short", short)):
         if spec is not None and spec.start_tokens:
@@ -46,7 +47,6 @@ def lossy_notes(long: RopeSpec, short: RopeSpec | None) -> list[str]:
                 f"applies the scaled frequencies to every position (ropelab.rope.modules.install_rope restores n̂)"
             )
     return notes
-
 
 
 def export_hf(model: nn.Module, out_dir: str | Path, long: RopeSpec, short: RopeSpec | None = None,
@@ -80,7 +80,6 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
         tokenizer.save_pretrained(directory)
     else:
         tokenizer.save(directory)
-
 
 
 def load_export_specs(path: str | Path) -> tuple[RopeSpec, RopeSpec | None]:

@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ropelab.atomic import write_text_atomic
 from ropelab.errors import RopelabError
 
 JSON_KEYS = ("rescale_factors", "long_factor")
@@ -61,14 +62,14 @@ def read_rescale_spec(path: str | Path, *, head_dim: int, base: float, original_
 
 
 def write_rescale_factors(path: str | Path, factors: Sequence[float], **metadata) -> Path:
-    """Write λ as JSON ({'rescale_factors': [...], **metadata}); '.txt'/'.csv' give one value per line."""
+    """Write λ as JSON ({'rescale_factors': [...], **metadata}); '.txt'/'.csv' give one value per line.
+
+    Atomic: a later stage reads λ back, so a killed write must never leave a truncated list under the name.
+    """
     path = Path(path)
     values = [float(v) for v in factors]
     if not all(math.isfinite(v) for v in values):
         raise RopelabError("refusing to write non-finite rescale factors")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix in {".txt", ".csv"}:
-        path.write_text("".join(f"{v!r}\n" for v in values))
-    else:
-        path.write_text(json.dumps({"rescale_factors": values, **metadata}, indent=2))
-    return path
+        return write_text_atomic(path, "".join(f"{v!r}\n" for v in values))
+    return write_text_atomic(path, json.dumps({"rescale_factors": values, **metadata}, indent=2))

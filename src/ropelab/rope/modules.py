@@ -17,6 +17,7 @@ from ropelab.rope.rotary import rotary_cos_sin
 
 
 def _rotary_owner(model: nn.Module) -> nn.Module:
+    """The module holding ``rotary_emb`` (``model.model`` for a CausalLM, or the base model itself)."""
     for owner in (getattr(model, "model", None), model):
         if owner is not None and isinstance(getattr(owner, "rotary_emb", None), nn.Module):
             return owner
@@ -123,8 +124,8 @@ def install_rotary(model: nn.Module, module: nn.Module) -> nn.Module:
 
 
 def rotary_module(model: nn.Module) -> nn.Module:
+    """The rotary module in force (ours once installed), e.g. to ask it for ``setting_for_length``."""
     return _rotary_owner(model).rotary_emb
-
 
 
 def rotary_for(long: RopeSpec, short: RopeSpec | None, basics: RopeBasics) -> RopelabRotaryEmbedding:
@@ -139,7 +140,6 @@ def rotary_for(long: RopeSpec, short: RopeSpec | None, basics: RopeBasics) -> Ro
 def install_rope(model: nn.Module, long: RopeSpec, short: RopeSpec | None = None) -> RopelabRotaryEmbedding:
     """Replace the model's rotary module by one computing ``long`` (and ``short`` for short inputs)."""
     return install_rotary(model, rotary_for(long, short, rope_basics(model.config)))
-
 
 
 def uninstall_rope(model: nn.Module) -> None:

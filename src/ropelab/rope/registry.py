@@ -1,8 +1,13 @@
 """The registry of RoPE methods, dispatched by an explicit name.
 
-Adding a method = one function in ``methods.py``, one ``RopeMethod`` line in ``REGISTRY``, one test.
-A ``RopeSpec`` is the bag of explicit numbers a method needs; ``spec.compute(seq_len)`` binds exactly the
-numbers the method's function accepts and rejects any other non-default number, so a typo never passes silently.
+Adding a method = one function in ``methods.py``, one ``RopeMethod`` line in ``REGISTRY`` (with how it reads
+from and writes to stock transformers' ``rope_parameters``), one test. A ``RopeSpec`` is the bag of explicit
+numbers a method needs; ``spec.compute(seq_len)`` binds exactly the numbers the method's function accepts and
+rejects any other non-default number, so a typo never passes silently.
+
+The stock readers and writers live here, not in the adapter, so that a method is owned end to end by its entry
+and no chain of ``rope_type`` comparisons grows elsewhere. They see plain dicts and numbers only: the adapter
+(``ropelab.rope.adapter``) is the one module that knows where transformers keeps them in a config.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -19,25 +25,145 @@ from ropelab.errors import RopelabError, UnknownMethodError
 from ropelab.rope import methods
 
 
+class StockBasics(Protocol):
+    """The unscaled RoPE a config states (the adapter's ``RopeBasics``), as a stock reader needs it."""
+
+    head_dim: int
+    base: float
+    original_max_position_embeddings: int
+
+
+# from_stock(rope_parameters, basics, max_position_embeddings) -> (long, short or None)
+StockReader = Callable[[dict, StockBasics, int], "tuple[RopeSpec, RopeSpec | None]"]
+# to_stock(spec) -> rope_parameters of one set, or None when only longrope's factor sets can express it
+StockWriter = Callable[["RopeSpec"], "dict | None"]
+
+
+def _only_longrope(spec: RopeSpec) -> None:
+    """The writer of methods with no stock type of their own: the export falls back to longrope factor sets."""
+    return None
+
+
 @dataclass(frozen=True)
 class RopeMethod:
+    """One method end to end: its pure function, its flags, and how it reads and writes stock rope_parameters.
+
+    ``from_stock`` reads the stock ``rope_type`` values in ``stock_types`` (a method may have none: static NTK
+    is written as a change of base and reads back as plain RoPE); ``to_stock`` writes one set, or returns None
+    when only longrope factor sets can express it (``stock_parameters`` then falls back to them).
+    """
+
     name: str
     compute: Callable[..., tuple[torch.Tensor, float]]
     summary: str
     length_dependent: bool = False  # inv_freq changes with the current sequence length
     scales_positions: bool = True  # needs factor >= 1
+    stock_types: tuple[str, ...] = ()  # the stock rope_type values from_stock reads
+    from_stock: StockReader | None = None
+    to_stock: StockWriter = _only_longrope
+    # the stock type keeps the ORIGINAL length in max_position_embeddings (transformers' dynamic scales from it)
+    stock_keeps_original_length: bool = False
+    # to_stock writes another rope_theta (static NTK is a change of base): a model may carry either base
+    stock_changes_base: bool = False
+
+
+PLAIN = "default"  # the unscaled method, and the stock rope_type of a config that names none
+
+
+def _scaled_factor(params: dict, basics: StockBasics, max_positions: int) -> float:
+    """Stock configs may omit factor; transformers then infers it as max_position_embeddings / original."""
+    return params.get("factor") or max_positions / basics.original_max_position_embeddings
+
+
+def _default_from_stock(params: dict, basics: StockBasics, max_positions: int):
+    return RopeSpec("default", basics.head_dim, basics.base), None
+
+
+def _default_to_stock(spec: RopeSpec) -> dict:
+    return {"rope_type": "default", "rope_theta": spec.base}
+
+
+def _linear_from_stock(params: dict, basics: StockBasics, max_positions: int):
+    return RopeSpec("linear", basics.head_dim, basics.base, factor=params["factor"]), None
+
+
+def _linear_to_stock(spec: RopeSpec) -> dict:
+    return {"rope_type": "linear", "rope_theta": spec.base, "factor": spec.factor}
+
+
+def _ntk_to_stock(spec: RopeSpec) -> dict:
+    """Static NTK is exactly a change of base, so it exports as plain RoPE (and reads back as such)."""
+    return {"rope_type": "default", "rope_theta": spec.base * spec.factor ** (spec.head_dim / (spec.head_dim - 2))}
+
+
+def _dynamic_from_stock(params: dict, basics: StockBasics, max_positions: int):
+    return RopeSpec("dynamic", basics.head_dim, basics.base, factor=params["factor"],
+                    original_max_position_embeddings=basics.original_max_position_embeddings), None
+
+
+def _dynamic_to_stock(spec: RopeSpec) -> dict:
+    return {"rope_type": "dynamic", "rope_theta": spec.base, "factor": spec.factor}
+
+
+def _yarn_from_stock(params: dict, basics: StockBasics, max_positions: int):
+    spec = RopeSpec("yarn", basics.head_dim, basics.base, factor=_scaled_factor(params, basics, max_positions),
+                    original_max_position_embeddings=basics.original_max_position_embeddings,
+                    beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
+                    attention_factor=params.get("attention_factor"), mscale=params.get("mscale"),
+                    mscale_all_dim=params.get("mscale_all_dim"))
+    return spec, None
+
+
+def _yarn_to_stock(spec: RopeSpec) -> dict:
+    # the attention factor is written explicitly so transformers cannot infer a different one
+    return {"rope_type": "yarn", "rope_theta": spec.base, "factor": spec.factor,
+            "original_max_position_embeddings": spec.original_max_position_embeddings,
+            "beta_fast": spec.beta_fast or 32.0, "beta_slow": spec.beta_slow or 1.0,
+            "attention_factor": spec.compute()[1]}
+
+
+def _llama3_from_stock(params: dict, basics: StockBasics, max_positions: int):
+    return RopeSpec("llama3", basics.head_dim, basics.base, factor=_scaled_factor(params, basics, max_positions),
+                    original_max_position_embeddings=basics.original_max_position_embeddings,
+                    low_freq_factor=params["low_freq_factor"], high_freq_factor=params["high_freq_factor"]), None
+
+
+def _llama3_to_stock(spec: RopeSpec) -> dict:
+    return {"rope_type": "llama3", "rope_theta": spec.base, "factor": spec.factor,
+            "original_max_position_embeddings": spec.original_max_position_embeddings,
+            "low_freq_factor": spec.low_freq_factor or 1.0, "high_freq_factor": spec.high_freq_factor or 4.0}
+
+
+def _longrope_from_stock(params: dict, basics: StockBasics, max_positions: int):
+    """Stock longrope holds two factor sets: (long, short)."""
+    factor = _scaled_factor(params, basics, max_positions)
+
+    def factor_set(lam: Sequence[float]) -> RopeSpec:
+        return RopeSpec("longrope", basics.head_dim, basics.base, factor=factor,
+                        original_max_position_embeddings=basics.original_max_position_embeddings,
+                        rescale_factors=tuple(lam), attention_factor=params.get("attention_factor"))
+
+    return factor_set(params["long_factor"]), factor_set(params["short_factor"])
 
 
 REGISTRY: dict[str, RopeMethod] = {
     m.name: m
     for m in (
-        RopeMethod("default", methods.default, "plain RoPE, no scaling", scales_positions=False),
-        RopeMethod("linear", methods.linear, "position interpolation (PI): θ/s"),
-        RopeMethod("ntk", methods.ntk, "static NTK-aware: base · s^(d/(d-2))"),
-        RopeMethod("dynamic", methods.dynamic, "dynamic NTK: NTK with s from the current length", length_dependent=True),
-        RopeMethod("yarn", methods.yarn, "YaRN, reference-code ramp in inverse-frequency space"),
-        RopeMethod("llama3", methods.llama3, "Llama 3.1 wavelength-banded scaling"),
-        RopeMethod("longrope", methods.longrope, "LongRoPE: searched per-dimension λ, θ/λ"),
+        RopeMethod("default", methods.default, "plain RoPE, no scaling", scales_positions=False,
+                   stock_types=("default",), from_stock=_default_from_stock, to_stock=_default_to_stock),
+        RopeMethod("linear", methods.linear, "position interpolation (PI): θ/s",
+                   stock_types=("linear",), from_stock=_linear_from_stock, to_stock=_linear_to_stock),
+        RopeMethod("ntk", methods.ntk, "static NTK-aware: base · s^(d/(d-2))",
+                   to_stock=_ntk_to_stock, stock_changes_base=True),
+        RopeMethod("dynamic", methods.dynamic, "dynamic NTK: NTK with s from the current length", length_dependent=True,
+                   stock_types=("dynamic",), from_stock=_dynamic_from_stock, to_stock=_dynamic_to_stock,
+                   stock_keeps_original_length=True),
+        RopeMethod("yarn", methods.yarn, "YaRN, reference-code ramp in inverse-frequency space",
+                   stock_types=("yarn",), from_stock=_yarn_from_stock, to_stock=_yarn_to_stock),
+        RopeMethod("llama3", methods.llama3, "Llama 3.1 wavelength-banded scaling",
+                   stock_types=("llama3",), from_stock=_llama3_from_stock, to_stock=_llama3_to_stock),
+        RopeMethod("longrope", methods.longrope, "LongRoPE: searched per-dimension λ, θ/λ",
+                   stock_types=("longrope",), from_stock=_longrope_from_stock),
     )
 }
 # Facts about the model rather than knobs of a method: any spec may carry them, methods use them or not.
@@ -205,3 +331,62 @@ def as_longrope(
 def spec_for(method: str, *, head_dim: int, base: float, **numbers: float | int | Sequence[float] | None) -> RopeSpec:
     """Build a spec from keyword numbers, dropping the None ones (CLI and config convenience)."""
     return RopeSpec(method, head_dim, base, **{k: v for k, v in numbers.items() if v is not None})
+
+
+# ---------------------------------------------------------------- stock rope_parameters
+
+
+def _stock_index() -> dict[str, RopeMethod]:
+    """rope_type -> the one method reading it; two methods claiming a type would make reading ambiguous."""
+    index: dict[str, RopeMethod] = {}
+    for method in REGISTRY.values():
+        for rope_type in method.stock_types:
+            if rope_type in index:
+                raise RopelabError(f"rope_type {rope_type!r} is read by both {index[rope_type].name} and {method.name}")
+            index[rope_type] = method
+    return index
+
+
+STOCK_READERS: dict[str, RopeMethod] = _stock_index()
+
+
+def reads_stock(rope_type: str) -> RopeMethod | None:
+    """The method that reads this stock rope_type, or None when ropelab has no equivalent."""
+    return STOCK_READERS.get(rope_type)
+
+
+def stock_reader(rope_type: str) -> RopeMethod:
+    """The method that reads this stock rope_type; a clear error naming the readable ones otherwise."""
+    method = reads_stock(rope_type)
+    if method is None:
+        raise RopelabError(f"rope_type {rope_type!r} in the config has no ropelab equivalent yet; "
+                           f"ropelab reads rope_type {', '.join(sorted(STOCK_READERS))}")
+    return method
+
+
+def _as_factor_set(spec: RopeSpec, original: int) -> RopeSpec:
+    """A longrope spec is kept as is (its λ exactly); any other is converted (rounding clamps λ at 1)."""
+    return spec if spec.method == "longrope" else as_longrope(spec, original_max_position_embeddings=original)
+
+
+def longrope_stock_parameters(long: RopeSpec, short: RopeSpec | None, original: int) -> dict:
+    """Stock longrope parameters holding both sets (long everywhere when ``short`` is None).
+
+    As in transformers' longrope, both sets share the long set's attention factor.
+    """
+    for spec in (long, short):
+        if spec is not None and spec.info.length_dependent:
+            named = spec.info.summary.split(":")[0]  # the summary's head names the method in words
+            raise RopelabError(f"{named} depends on the length and cannot be stored as a longrope factor set")
+    long_set = _as_factor_set(long, original)
+    short_set = long_set if short is None else _as_factor_set(short, original)
+    return {"rope_type": "longrope", "rope_theta": long.base, "factor": long_set.factor,
+            "original_max_position_embeddings": original, "attention_factor": long_set.compute()[1],
+            "long_factor": list(long_set.rescale_factors), "short_factor": list(short_set.rescale_factors)}
+
+
+def stock_parameters(long: RopeSpec, short: RopeSpec | None, original: int) -> dict:
+    """Stock rope_parameters for (long, short): the method's own stock type when one set suffices and it has
+    one, else longrope factor sets (the one stock type holding a short/long pair or an arbitrary λ)."""
+    params = long.info.to_stock(long) if short is None else None
+    return params if params is not None else longrope_stock_parameters(long, short, original)

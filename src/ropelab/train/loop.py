@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ropelab.atomic import replacing
 from ropelab.config import TrainConfig
 from ropelab.errors import RopelabError
 from ropelab.train.data import random_batches
@@ -50,10 +51,10 @@ def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.opti
 
 
 def _save(path: Path, model, optimizer, generator, step: int, history: list[StepRecord]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "generator": generator.get_state(), "history": [asdict(h) for h in history]}, tmp)
-    tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+    """Write the checkpoint atomically: a kill mid-save leaves the previous checkpoint intact."""
+    with replacing(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "generator": generator.get_state(), "history": [asdict(h) for h in history]}, tmp)
 
 
 def train_causal_lm(
