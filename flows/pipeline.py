@@ -11,27 +11,20 @@ and everything after it.
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
-from pathlib import Path
-
 from prefect import flow
 
 from ropelab import recipe
-from ropelab.artifacts import ModelArtifact, Record, SearchArtifact
+from ropelab.artifacts import ModelArtifact, SearchArtifact
 from ropelab.config import PIPELINE_STAGES, RunConfig
 from ropelab.errors import RopelabError
-from ropelab.eval.plots import plot_ppl_vs_length
-from ropelab.eval.report import PipelineOutcome, pipeline_summary
-from ropelab.eval.zoo import extension_headline
+from ropelab.eval.report import PipelineOutcome, pipeline_report
 from ropelab.flows.base import base_flow
 from ropelab.flows.clex import clex_stage, evaluate_native, pi_name
 from ropelab.flows.data import data_flow
 from ropelab.flows.evaluate import evaluate_stage
 from ropelab.flows.finetune import finetune_flow
 from ropelab.flows.search import search_flow
-from ropelab.plan import final_length
-from ropelab.tasks import runner, tracking
+from ropelab.tasks import runner
 from ropelab.tasks.export import choose_short_set, export_final, lambda_spec
 
 
@@ -66,7 +59,7 @@ def pipeline_flow(cfg: RunConfig, rerun_from: str | None = None) -> PipelineOutc
                                            refresh=refresh("export")))
         outcome = PipelineOutcome(data, base, stage1, (ft1, ft2), stage2, recovery, choice, clex, reports,
                                   combined_table(reports), export, None, run_id=run)
-        outcome = summarise(cfg, parent, outcome)
+        outcome = parent.record(pipeline_report(cfg, outcome, parent.durations(), parent.report_dir()))
     print(outcome.summary)
     return outcome
 
@@ -102,23 +95,3 @@ def combined_table(reports: dict) -> dict[str, dict[int, float]]:
         for method, row in report.table.items():
             rows[model if method == "native" else f"{model}:{method}"] = row
     return rows
-
-
-def summarise(cfg: RunConfig, parent: runner.Stage, outcome: PipelineOutcome) -> PipelineOutcome:
-    """Headline, every-stage plot and summary.md on the parent run; the headline and minutes as metrics."""
-    rows = outcome.combined
-    headline = extension_headline(rows["base:none"], rows["finetuned:progressive_recovery"], cfg.model.context_length,
-                                  final_length(cfg))
-    durations = tuple(tracking.stage_durations(parent.run_id))
-    outcome = dataclasses.replace(outcome, headline=headline, durations=durations)
-    summary = pipeline_summary(cfg, outcome, {n: (r.path / "zoo.md").read_text() for n, r in outcome.reports.items()
-                                              if n in ("base", "finetuned")})
-    with tempfile.TemporaryDirectory() as scratch:
-        plot = plot_ppl_vs_length(rows, Path(scratch) / "every_stage_ppl_vs_length.png", "every stage: PPL vs length",
-                                  cfg.model.context_length)
-        (Path(scratch) / "summary.md").write_text(summary)
-        tracking.log_record(parent.run_id, Record(
-            {"headline/final_length_ppl_over_base_at_L": headline.long_ratio, "headline/change_at_L": headline.short_change,
-             **{f"minutes/{name}": seconds / 60 for name, seconds in durations}},
-            files=((plot, "plots"), (Path(scratch) / "summary.md", ""))))
-    return dataclasses.replace(outcome, summary=summary)

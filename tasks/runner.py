@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ropelab.artifacts import Artifact
 from ropelab.config import RunConfig
@@ -54,6 +55,14 @@ class Stage:
                 item = item.recorded_by(self.run_id, self.consumed)
             out.append(item)
         return out[0] if len(out) == 1 else tuple(out)
+
+    def durations(self) -> list[tuple[str, float]]:
+        """(run name, seconds) of this stage's finished child runs (a pipeline's stages), in start order."""
+        return tracking.stage_durations(self.run_id)
+
+    def report_dir(self) -> Path:
+        """Where this run's own report files go (its summary, plots) before they are logged."""
+        return paths().artifacts / "reports" / self.run_id
 
     def cache_state(self) -> str:
         if not self.hits:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ropelab.artifacts import (
     DataArtifact,
     EvalArtifact,
     ExportArtifact,
     ModelArtifact,
+    Record,
     SearchArtifact,
     ShortChoice,
 )
 from ropelab.config import RunConfig
-from ropelab.eval.zoo import ExtensionHeadline
+from ropelab.eval.plots import plot_ppl_vs_length
+from ropelab.eval.zoo import ExtensionHeadline, extension_headline
 from ropelab.plan import final_length
 
 
@@ -37,6 +41,15 @@ class PipelineOutcome:
     durations: tuple[tuple[str, float], ...] = ()
     run_id: str = ""
     summary: str = field(default="", compare=False)
+    report_dir: Path | None = None
+
+    def record(self) -> Record:
+        """The parent run: headline and minutes per stage as metrics (MLflow's compare view), summary and plot."""
+        metrics = {"headline/final_length_ppl_over_base_at_L": self.headline.long_ratio,
+                   "headline/change_at_L": self.headline.short_change,
+                   **{f"minutes/{name}": seconds / 60 for name, seconds in self.durations}}
+        files = ((self.report_dir / "summary.md", ""), (self.report_dir / "every_stage_ppl_vs_length.png", "plots"))
+        return Record(metrics, tags={"export.path": str(self.export.path)}, files=files if self.report_dir else ())
 
 
 def comparison_markdown(tables: Mapping[str, Mapping[int, float]], cfg: RunConfig, caption: str) -> str:
@@ -92,3 +105,16 @@ def pipeline_summary(cfg: RunConfig, o: PipelineOutcome, zoo_markdown: Mapping[s
     for name, text in zoo_markdown.items():
         lines += [f"## {name} model", "", text, ""]
     return "\n".join([*lines, "## stage times", "", stage_times_markdown(o.durations), ""])
+
+
+def pipeline_report(cfg: RunConfig, outcome: PipelineOutcome, durations, out: Path) -> PipelineOutcome:
+    """Headline, summary.md and the every-stage plot in ``out``; the outcome with them filled in."""
+    rows, L = outcome.combined, cfg.model.context_length
+    headline = extension_headline(rows["base:none"], rows["finetuned:progressive_recovery"], L, final_length(cfg))
+    outcome = dataclasses.replace(outcome, headline=headline, durations=tuple(durations), report_dir=out)
+    zoos = {n: (r.path / "zoo.md").read_text() for n, r in outcome.reports.items() if n in ("base", "finetuned")}
+    summary = pipeline_summary(cfg, outcome, zoos)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(summary)
+    plot_ppl_vs_length(rows, out / "every_stage_ppl_vs_length.png", "every stage: PPL vs length", L)
+    return dataclasses.replace(outcome, summary=summary)
