@@ -21,7 +21,7 @@ def test_every_preset_loads(preset):
 def test_unknown_key_lists_valid_keys(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("pretrain:\n  stepz: 3\n")
-    with pytest.raises(RopelabError, match=r"pretrain: unknown key\(s\) stepz; valid keys: steps, batch_size"):
+    with pytest.raises(RopelabError, match=r"c.yaml: pretrain: unknown key\(s\) stepz; valid keys: steps, batch_size"):
         load_config(path)
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from ropelab.config import check_pipeline, load_config
+from ropelab.config import load_config
 from ropelab.errors import RopelabError
 from ropelab.plan import (
     parameter_count,
@@ -57,18 +56,26 @@ def test_plan_prices_each_search_stage_with_its_own_settings():
     assert all(f"{search_candidates(recovery)} candidates" in line for line in lines if line.startswith("recovery"))
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"ratios": (4.0,)}, "pipeline.ratios must be two"),
-    ({"ratios": (0.5, 8.0)}, "pipeline.ratios must be two"),
-    ({"final_ratio": 1.0}, "pipeline.final_ratio must be > 1"),
-    ({"recovery_ratios": ()}, "pipeline.recovery_ratios must be one or more"),
-    ({"recovery_max_rescale": 0.5}, "pipeline.recovery_max_rescale must be ≥ 1"),
-    ({"second_finetune_steps": 0}, "pipeline.second_finetune_steps must be ≥ 1"),
-    ({"final_search_windows": -2}, "pipeline.final_search_windows must be ≥ 0"),
-    ({"recovery_iterations": -1}, "pipeline.recovery_iterations must be ≥ 0"),
+@pytest.mark.parametrize("override,message", [
+    ("pipeline.ratios=[4.0]", "pipeline.ratios must be two stage-1 ratios r1, r2 > 1, got [4.0]"),
+    ("pipeline.ratios=[2, 4, 8]", "pipeline.ratios must be two stage-1 ratios r1, r2 > 1, got [2.0, 4.0, 8.0]"),
+    ("pipeline.ratios=[0.5, 8.0]", "pipeline.ratios must be two stage-1 ratios r1, r2 > 1, got [0.5, 8.0]"),
+    ("pipeline.final_ratio=1.0", "pipeline.final_ratio must be > 1, got 1.0"),
+    ("pipeline.recovery_ratios=[]", "pipeline.recovery_ratios must have at least 1 item(s), got []"),
+    ("pipeline.recovery_ratios=[1, 0.5]", "pipeline.recovery_ratios must be ≥ 1, got 0.5"),
+    ("pipeline.recovery_max_rescale=0.5", "pipeline.recovery_max_rescale must be ≥ 1, got 0.5"),
+    ("pipeline.first_finetune_steps=0", "pipeline.first_finetune_steps must be ≥ 1, got 0"),
+    ("pipeline.second_finetune_steps=0", "pipeline.second_finetune_steps must be ≥ 1, got 0"),
+    ("pipeline.final_search_iterations=-1", "pipeline.final_search_iterations must be ≥ 0, got -1"),
+    ("pipeline.final_search_evo_scale=-0.5", "pipeline.final_search_evo_scale must be ≥ 0"),
+    ("pipeline.final_search_windows=-2", "pipeline.final_search_windows must be ≥ 0, got -2"),
+    ("pipeline.final_search_test_windows=-2", "pipeline.final_search_test_windows must be ≥ 0, got -2"),
+    ("pipeline.recovery_iterations=-1", "pipeline.recovery_iterations must be ≥ 0, got -1"),
 ])
-def test_a_recipe_that_cannot_run_is_rejected_before_any_stage(change, message):
-    cfg = load_config(CONFIGS / "tiny.yaml")
-    check_pipeline(cfg.pipeline)  # the presets pass
-    with pytest.raises(RopelabError, match=message):
-        check_pipeline(dataclasses.replace(cfg.pipeline, **change))
+def test_a_recipe_that_cannot_run_is_rejected_when_the_config_loads(override, message):
+    """The recipe's rules are the config's own types: loading refuses the recipe before any stage (or plan) runs."""
+    pipeline_plan(load_config(CONFIGS / "tiny.yaml"))  # the presets pass
+    with pytest.raises(RopelabError) as caught:
+        load_config(CONFIGS / "tiny.yaml", [override])
+    assert str(caught.value).startswith(f"{CONFIGS / 'tiny.yaml'}: ") and message in str(caught.value)
+    assert len(str(caught.value).splitlines()) == 1

