@@ -200,6 +200,9 @@ def test_export_reloads_in_stock_transformers_and_in_ropelab(tiny_llama, tmp_pat
     torch.testing.assert_close(stock(x).logits, expected, rtol=0, atol=1e-5)
 
 
-def test_invalid_clex_settings_are_reported_together(tiny_llama):
+def test_invalid_clex_settings_are_reported_together():
+    """Validated when the config is loaded (ropelab.config), before any model is built."""
+    from ropelab.config import load_config
+
     with pytest.raises(RopelabError, match="max_t.*time_dt|time_dt.*max_t"):
-        install_clex(tiny_llama(), ClexConfig(max_t=0, time_dt=0.0))
+        load_config(None, ["clex.max_t=0", "clex.time_dt=0"])

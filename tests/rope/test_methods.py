@@ -220,3 +220,19 @@ def test_lambda_file_with_metadata_becomes_the_recorded_setting(tmp_path):
     spec = read_rescale_spec(plain, head_dim=D, base=BASE, original_max_position_embeddings=L, default_factor=2.0)
     assert spec.factor == 2.0 and spec.start_tokens == 0
     assert spec.compute()[1] == pytest.approx(math.sqrt(1 + math.log(2.0) / math.log(L)))
+
+
+def test_a_failed_lambda_write_keeps_the_previous_file_whole(tmp_path, monkeypatch):
+    from ropelab import atomic
+    from ropelab.rope.factors_io import read_rescale_factors, write_rescale_factors
+
+    path = write_rescale_factors(tmp_path / "l.txt", [1.0] * 4)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "replace", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        write_rescale_factors(path, [2.0] * 32)
+    assert read_rescale_factors(path) == (1.0,) * 4
+    assert [p.name for p in tmp_path.iterdir()] == ["l.txt"]
