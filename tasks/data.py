@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from prefect import task
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact
+from ropelab.atomic import staged_directory
 from ropelab.config import DataConfig
 from ropelab.data import acquire, corpus, sources
 from ropelab.errors import RopelabError
@@ -63,11 +63,8 @@ def build_corpus(cfg: DataConfig, fingerprint: str) -> DataArtifact:
     p = paths()
     documents = [doc for name in cfg.sources for doc in read_source(name, cfg)]
     splits = corpus.split(corpus.prepare(documents, cfg), cfg)
-    staging = p.home / f"{cfg.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    manifest = corpus.write_corpus(splits, cfg, staging / "corpus")
-    shutil.rmtree(p.data(cfg.name), ignore_errors=True)
-    staging.rename(p.data(cfg.name))
+    with staged_directory(p.data(cfg.name)) as staging:
+        manifest = corpus.write_corpus(splits, cfg, staging / "corpus")
     versioning.ensure_repo(p.home)
     return corpus_artifact(cfg, versioning.add(p.home, cfg.name), manifest)
 
