@@ -1,4 +1,4 @@
-"""Passkey retrieval (Mohtashami & Jaggi 2023; the LongRoPE/CLEX protocol, ../shared/algorithms.md §5).
+"""Passkey retrieval (Mohtashami & Jaggi 2023; the LongRoPE/CLEX protocol).
 
 Filler text repeated to the target length, the needle "The pass key is K. Remember it. K is the pass key."
 at a chosen depth, the question "What is the pass key? The pass key is" at the end; greedy decoding of at most

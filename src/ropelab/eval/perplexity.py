@@ -1,4 +1,4 @@
-"""Perplexity of a causal LM on held-out text, by two named protocols (../shared/algorithms.md §5).
+"""Perplexity of a causal LM on held-out text, by two named protocols (truncated, and sliding with a stride as in the YaRN and LongRoPE evaluators).
 
 ``truncated``: the held-out token stream of each document is cut into non-overlapping segments of
 ``length − 1`` tokens; N segments are chosen by a seeded generator; each is one window with BOS prepended,

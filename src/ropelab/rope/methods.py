@@ -1,4 +1,4 @@
-"""One pure function per RoPE scaling method (../shared/algorithms.md §1).
+"""One pure function per RoPE scaling method (the formulas of transformers' modeling_rope_utils and the papers).
 
 Every function takes explicit numbers and returns ``(inv_freq, attention_factor)``:
 ``inv_freq`` is a float32 tensor of shape ``(head_dim // 2,)`` (index 0 = highest frequency) and

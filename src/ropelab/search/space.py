@@ -1,4 +1,4 @@
-"""The LongRoPE search space (../shared/algorithms.md §2): genome, bounds, grid, constraint, seeds.
+"""The LongRoPE search space (Ding et al. 2024, arXiv 2402.13753 §3; the dim_mono search of microsoft/LongRoPE): genome, bounds, grid, constraint, seeds.
 
 Genome: λ ∈ R^{d/2} on a grid of ``step`` (0.01), monotone non-decreasing (high-frequency dimensions
 interpolate least), within [1, upper] where upper = 1.25·s (paper) or 1 + s (released code); optionally n̂ from
