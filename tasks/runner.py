@@ -81,6 +81,8 @@ def still_valid(result, valid=None) -> bool:
 def stage(name: str, config: RunConfig, *, parent_run_id: str | None = None, data_version: str | None = None,
           consumed: Mapping[str, Artifact] | None = None, refresh: bool = False) -> Iterator[Stage]:
     """Open the stage's MLflow run, yield the Stage to call tasks and record results through, end the run."""
+    if parent_run_id is None:  # a top-level run: first close what killed runs on this home left RUNNING
+        tracking.close_abandoned_runs(config.experiment)
     runs = {k: a.run_id for k, a in (consumed or {}).items()}
     tags = tracking.lineage_tags(name, config, code_version(), parent_run_id, data_version, runs)
     current = Stage(name, tracking.create_run(config, tags), refresh, tuple(r for r in runs.values() if r))

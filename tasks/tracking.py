@@ -8,7 +8,9 @@ create unlinked runs). Only the stage runner (``runner.py``) opens and ends runs
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -63,6 +65,7 @@ def lineage_tags(stage: str, config: RunConfig, code_version: str, parent_run_id
     tags = {"ropelab.stage": stage, "ropelab.preset": config.preset, "prefect.flow_run_id": flow_run_id(),
             "ropelab.version": ropelab.__version__, "ropelab.code_version": code_version,
             "git.commit": git_commit(paths().home), "data.version": data_version or "none", "mlflow.runName": stage}
+    tags |= {"ropelab.host": socket.gethostname(), "ropelab.pid": str(os.getpid())}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     tags |= {f"ropelab.consumed.{name}": run_id for name, run_id in consumed.items() if run_id}
@@ -83,6 +86,33 @@ def end_run(run_id: str, error: BaseException | None = None) -> None:
     if error is not None:
         set_tags(run_id, {"ropelab.error": f"{type(error).__name__}: {error}".splitlines()[0][:500]})
     client().set_terminated(run_id, "FINISHED" if error is None else "FAILED")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def close_abandoned_runs(experiment: str) -> list[str]:
+    """Mark KILLED the runs this machine's processes left RUNNING when they died (SIGKILL, power loss): a run
+    whose recorded process no longer exists. Returns their ids. A live process's runs are never touched."""
+    found = client().get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    host = socket.gethostname()
+    running = client().search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+    dead = [r for r in running if r.data.tags.get("ropelab.host") == host
+            and r.data.tags.get("ropelab.pid", "").isdigit() and not process_alive(int(r.data.tags["ropelab.pid"]))]
+    for run in dead:
+        set_tags(run.info.run_id, {"ropelab.error": f"process {run.data.tags['ropelab.pid']} ended without closing "
+                                                    "this run (killed); closed by a later run"})
+        client().set_terminated(run.info.run_id, "KILLED")
+    return [r.info.run_id for r in dead]
 
 
 def child_runs(parent_run_id: str) -> list:

@@ -60,3 +60,10 @@ def test_killed_during_stage_two_rerun_continues_from_completed_stages(tmp_path)
         assert after[name] == mtime, f"{name} was recomputed"
     assert len(after) > len(before)  # stage 2 and recovery finished in the rerun
     assert list((art / "exports").glob("longrope-smoke-*/config.json"))
+    # the killed process's MLflow runs were closed as KILLED by the rerun, never left RUNNING
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    experiment = client.get_experiment_by_name("ropelab-smoke")
+    statuses = [r.info.status for r in client.search_runs([experiment.experiment_id], max_results=5000)]
+    assert "RUNNING" not in statuses and "KILLED" in statuses

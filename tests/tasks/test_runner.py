@@ -81,3 +81,20 @@ def test_a_failed_stage_is_marked_failed_with_the_one_line_error():
     experiment = client.get_experiment_by_name("runner-test")
     failed = client.search_runs([experiment.experiment_id], "tags.`ropelab.stage` = 'stage-9'")[0]
     assert failed.info.status == "FAILED" and failed.data.tags["ropelab.error"] == "RopelabError: value 9 is wrong"
+
+
+def test_runs_left_running_by_a_dead_process_are_closed_as_killed_and_live_ones_are_not():
+    import socket
+    import subprocess
+
+    client = tracking.client()
+    experiment = tracking.experiment_id("reaper-test")
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    tags = {"ropelab.host": socket.gethostname()}
+    dead = client.create_run(experiment, tags={**tags, "ropelab.pid": str(ended.pid)}).info.run_id
+    alive = client.create_run(experiment, tags={**tags, "ropelab.pid": str(__import__("os").getpid())}).info.run_id
+    assert tracking.close_abandoned_runs("reaper-test") == [dead]
+    assert client.get_run(dead).info.status == "KILLED" and "killed" in client.get_run(dead).data.tags["ropelab.error"]
+    assert client.get_run(alive).info.status == "RUNNING"
+    client.set_terminated(alive)
