@@ -170,3 +170,23 @@ def test_a_user_error_inside_a_stage_is_one_line_not_retried_and_marks_the_run_f
     failed = runs["finetune-1024"]
     assert failed.info.status == "FAILED" and "rescale_factors_file" in failed.data.tags["ropelab.error"]
     assert time.monotonic() - started < 10 + 120  # no retry: the first retry waits 10 s, the second 60 s
+
+
+@pytest.mark.slow
+def test_refresh_recomputes_a_cached_stage():
+    from ropelab.tasks import tracking
+    from ropelab.tasks.home import paths
+
+    def data_run(*extra) -> str:
+        done = subprocess.run([str(Path(sys.executable).parent / "ropelab"), "data", "--config", "smoke",
+                               "--set", "experiment=refresh-test", *extra],
+                              capture_output=True, text=True, timeout=600, cwd=paths().home)
+        assert done.returncode == 0, done.stderr[-2000:]
+        client = tracking.client()
+        experiment = client.get_experiment_by_name("refresh-test")
+        latest = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+        return latest[0].data.tags["ropelab.cache"]
+
+    data_run()
+    assert data_run() == "hit"
+    assert data_run("--refresh") == "miss"
