@@ -87,6 +87,30 @@ def init(args) -> int:
     return 0
 
 
+def show_runs(args) -> int:
+    """Recent pipelines from the home's MLflow store: did last night's run work, and what did it give?"""
+    import time
+
+    from ropelab.tasks.home import configure_environment, find_home
+
+    configure_environment(find_home(args.home))
+    from ropelab.tasks import tracking
+
+    rows = tracking.recent_pipelines(args.limit)
+    if not rows:
+        print("no pipeline runs in this project yet: `ropelab pipeline --config tiny`")
+        return 0
+    print(f"{'started':<17} {'experiment':<16} {'preset':<10} {'status':<9} {'final/base@L':>12} {'Δ at L':>7} "
+          f"{'minutes':>7}  run")
+    for r in rows:
+        ratio = f"{r['ratio']:.3f}×" if r["ratio"] is not None else "–"
+        change = f"{r['change']:+.1%}" if r["change"] is not None else "–"
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"]))
+        print(f"{started:<17} {r['experiment'][:16]:<16} {r['preset'][:10]:<10} {r['status']:<9} {ratio:>12} "
+              f"{change:>7} {r['minutes']:>7.1f}  {r['run_id'][:8]}" + (f"  {r['error'][:60]}" if r["error"] else ""))
+    return 0
+
+
 def show_config(args) -> int:
     from ropelab.config import explain, to_dict
 
@@ -119,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help="recompute this stage and everything after it (cached stages before it are reused)")
             sub.add_argument("--dry-run", action="store_true",
                              help="resolve the config, print the stage plan and a memory estimate; load nothing")
+    runs = commands.add_parser("runs", help="recent pipeline runs: state, preset, headline, duration (from MLflow)")
+    runs.add_argument("--home", default=None, help="the project home (default: as for the flow commands)")
+    runs.add_argument("-n", "--limit", type=int, default=10, help="how many (default 10)")
+    runs.set_defaults(run=show_runs)
     config = commands.add_parser("config", help="print the resolved config, or every field with its meaning")
     _add_config_flags(config)
     config.add_argument("--explain", action="store_true", help="list every field, its default and its meaning")

@@ -115,6 +115,20 @@ def close_abandoned_runs(experiment: str) -> list[str]:
     return [r.info.run_id for r in dead]
 
 
+def recent_pipelines(limit: int = 10) -> list[dict]:
+    """The newest pipeline runs of every experiment: state, preset, headline and duration (``ropelab runs``)."""
+    experiments = [e.experiment_id for e in client().search_experiments()]
+    runs = client().search_runs(experiments, "tags.`ropelab.stage` = 'pipeline'",
+                                order_by=["attributes.start_time DESC"], max_results=limit) if experiments else []
+    names = {e.experiment_id: e.name for e in client().search_experiments()}
+    return [{"started": r.info.start_time / 1000, "experiment": names.get(r.info.experiment_id, "?"),
+             "preset": r.data.tags.get("ropelab.preset", "?"), "status": r.info.status,
+             "ratio": r.data.metrics.get("headline/final_length_ppl_over_base_at_L"),
+             "change": r.data.metrics.get("headline/change_at_L"),
+             "minutes": ((r.info.end_time or r.info.start_time) - r.info.start_time) / 60000,
+             "error": r.data.tags.get("ropelab.error", ""), "run_id": r.info.run_id} for r in runs]
+
+
 def child_runs(parent_run_id: str) -> list:
     parent = client().get_run(parent_run_id)
     return client().search_runs([parent.info.experiment_id],

@@ -190,3 +190,23 @@ def test_refresh_recomputes_a_cached_stage():
     data_run()
     assert data_run() == "hit"
     assert data_run("--refresh") == "miss"
+
+
+def test_runs_lists_recent_pipelines_with_state_headline_and_error(capsys):
+    from ropelab.tasks import tracking
+
+    client = tracking.client()
+    experiment = tracking.experiment_id("runs-view-test")
+    done = client.create_run(experiment, tags={"ropelab.stage": "pipeline", "ropelab.preset": "tiny"}).info.run_id
+    client.log_metric(done, "headline/final_length_ppl_over_base_at_L", 1.04)
+    client.log_metric(done, "headline/change_at_L", 0.001)
+    client.set_terminated(done)
+    time.sleep(0.01)  # newest first: distinct start times
+    failed = client.create_run(experiment, tags={"ropelab.stage": "pipeline", "ropelab.preset": "smoke",
+                                                 "ropelab.error": "RopelabError: disk full"}).info.run_id
+    client.set_terminated(failed, "FAILED")
+    code, out, _ = run_cli(capsys, "runs", "-n", "2")
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 3 and lines[0].startswith("started")
+    assert "smoke" in lines[1] and "FAILED" in lines[1] and "disk full" in lines[1]  # newest first
+    assert "tiny" in lines[2] and "FINISHED" in lines[2] and "1.040×" in lines[2] and "+0.1%" in lines[2]
