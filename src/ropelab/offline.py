@@ -1,8 +1,8 @@
 """Offline settings: nothing ropelab runs may reach the network (HF hub, telemetry, update checks).
 
 The settings must be in the environment before torch/transformers/datasets/prefect/mlflow are imported,
-because those libraries read them at import time. `enforce()` runs at `import ropelab` and again in every
-entry point (CLI, flows, tests' conftest). Set ROPELAB_ALLOW_NETWORK=1 to opt in to the hub (for example to
+because those libraries read them at import time. Entry points call `enforce()` first (the CLI's main, the
+project home's `configure_environment`, the tests' conftest); importing ropelab itself sets nothing. Set ROPELAB_ALLOW_NETWORK=1 to opt in to the hub (for example to
 load a dataset by name); telemetry stays off regardless.
 """
 
