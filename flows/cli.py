@@ -31,8 +31,8 @@ FLOWS = {  # command -> (module, flow function, help)
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="tiny", help="a preset name (tiny, smoke, llama2-7b, mistral-7b) or a YAML "
-                   "file (default: tiny, the embedded default)")
+    p.add_argument("--config", default="tiny", help="a preset name (tiny, smoke, llama2-7b, mistral-7b: the project's "
+                   "copy in <home>/configs/ if there is one, else the packaged preset) or a YAML file (default: tiny)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set pretrain.steps=100 (repeatable)")
 
@@ -41,7 +41,7 @@ def load(args) -> RunConfig:
     from ropelab.config import load_config
     from ropelab.tasks.home import resolve_config
 
-    return load_config(resolve_config(args.config), args.overrides)
+    return load_config(resolve_config(args.config, getattr(args, "home", None)), args.overrides)
 
 
 class UserErrorFilter(logging.Filter):

@@ -8,6 +8,7 @@ from prefect import flow
 
 from ropelab.artifacts import DataArtifact, ModelArtifact
 from ropelab.config import RunConfig
+from ropelab.errors import RopelabError
 from ropelab.flows.base import upstream
 from ropelab.tasks import runner
 from ropelab.tasks.train import finetune_model, lambda_identity
@@ -16,8 +17,10 @@ from ropelab.tasks.train import finetune_model, lambda_identity
 @flow(name="finetune", flow_run_name="finetune-{cfg.preset}")
 def finetune_flow(cfg: RunConfig, parent_run_id: str | None = None, model: ModelArtifact | None = None,
                   data: DataArtifact | None = None, refresh: bool = False) -> ModelArtifact:
-    model, data = upstream(cfg, parent_run_id, model, data)
     lam = Path(cfg.finetune.rescale_factors_file) if cfg.finetune.rescale_factors_file else None
+    if lam is not None and not lam.is_file():  # before any upstream stage runs
+        raise RopelabError(f"finetune.rescale_factors_file: no such file {lam}")
+    model, data = upstream(cfg, parent_run_id, model, data)
     with runner.stage(f"finetune-{cfg.finetune.train.seq_len}", cfg, parent_run_id=parent_run_id,
                       data_version=data.fingerprint, consumed={"model": model, "data": data}, refresh=refresh) as stage:
         result = stage.record(stage.call(finetune_model, model, data, cfg.finetune, lam, lambda_identity(lam)))

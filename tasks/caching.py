@@ -21,7 +21,7 @@ RUN_SPECIFIC = frozenset({"run_id", "parent_run_id"})
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The installed package's own files (never a checkout path); flows only compose and are left out."""
-    return identity.code_version(("ropelab", "ropelab.tasks"), exclude=("ropelab.flows",))
+    return identity.code_version(("ropelab", "ropelab.tasks"), exclude=("ropelab.flows", "ropelab.presets"))
 
 
 def cache_key(task_name: str, inputs: dict) -> str:

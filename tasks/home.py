@@ -116,12 +116,19 @@ def preset_names() -> list[str]:
                   if f.name.endswith(".yaml"))
 
 
-def resolve_config(given: str | Path) -> Path:
-    """A YAML path as given, else a preset shipped with the package (``tiny``, ``smoke``, …)."""
+def resolve_config(given: str | Path, home: str | Path | None = None) -> Path:
+    """A YAML path as given, else the project's own copy ``<home>/configs/<name>.yaml`` (made by ``init``, to edit),
+    else a preset shipped with the package (``tiny``, ``smoke``, …)."""
     path = Path(given).expanduser()
     if path.is_file():
         return path
     name = str(given).removesuffix(".yaml")
+    try:
+        project_copy = find_home(home) / "configs" / f"{name}.yaml"
+    except RopelabError:  # no project here: the packaged presets
+        project_copy = None
+    if project_copy is not None and "/" not in name and project_copy.is_file():
+        return project_copy
     if name in preset_names():
         with resources.as_file(resources.files("ropelab.presets") / f"{name}.yaml") as found:
             return Path(found)

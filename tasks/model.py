@@ -21,6 +21,7 @@ from ropelab.rope.adapter import rope_basics
 from ropelab.tasks.caching import IDENTITY
 from ropelab.tasks.home import paths
 from ropelab.tasks.progress import progress_bar
+from ropelab.tasks.retries import transient_only
 from ropelab.train.data import pack_documents
 from ropelab.train.loop import train_causal_lm
 
@@ -41,7 +42,7 @@ def loss_curves(history, every: int, prefix: str) -> tuple[Series, ...]:
                  for name in ("loss", "lr", "grad_norm", "tokens"))
 
 
-@task(name="pretrain-base", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10)
+@task(name="pretrain-base", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
 def pretrain_base(data: DataArtifact, model_cfg: ModelConfig, train_cfg: TrainConfig) -> ModelArtifact:
     """Pretrain the byte-level tiny Llama on the train split; save safetensors + config + tokenizer.
     Depends on the data, the model shape and the optimisation only (not on evaluation settings)."""

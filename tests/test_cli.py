@@ -210,3 +210,23 @@ def test_runs_lists_recent_pipelines_with_state_headline_and_error(capsys):
     assert code == 0 and len(lines) == 3 and lines[0].startswith("started")
     assert "smoke" in lines[1] and "FAILED" in lines[1] and "disk full" in lines[1]  # newest first
     assert "tiny" in lines[2] and "FINISHED" in lines[2] and "1.040×" in lines[2] and "+0.1%" in lines[2]
+
+
+def test_a_projects_edited_preset_copy_is_the_one_a_preset_name_loads(capsys, tmp_path, monkeypatch):
+    from ropelab.tasks.home import init_home
+
+    home = init_home(tmp_path / "project")
+    copy = home / "configs" / "smoke.yaml"
+    copy.write_text(copy.read_text().replace("experiment: ropelab-smoke", "experiment: my-edited-smoke"))
+    monkeypatch.delenv("ROPELAB_HOME", raising=False)
+    monkeypatch.chdir(home)
+    code, out, _ = run_cli(capsys, "config", "--config", "smoke")
+    assert code == 0 and "experiment: my-edited-smoke" in out
+    monkeypatch.chdir(tmp_path)  # outside the project: the packaged preset
+    code, out, _ = run_cli(capsys, "config", "--config", "smoke")
+    assert code == 0 and "experiment: ropelab-smoke" in out
+
+
+def test_a_missing_finetune_lambda_file_is_one_line(capsys):
+    code, _, err = run_cli(capsys, "finetune", "--config", "smoke", "--set", "finetune.rescale_factors_file=/no/l.json")
+    assert code == 2 and err.strip().splitlines() == ["ropelab: error: finetune.rescale_factors_file: no such file /no/l.json"]

@@ -117,7 +117,7 @@ class SearchArtifact(Artifact):
     lossy: tuple[str, ...] = ()
 
     def paths(self) -> tuple[Path, ...]:
-        return (self.path, self.lam, self.export)
+        return (self.path, self.lam, self.export, *self.generation_logs)
 
     def record(self) -> Record:
         metrics = {f"test_ppl/{k}": v for k, v in self.test_ppl.items()}
