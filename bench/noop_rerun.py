@@ -65,7 +65,7 @@ def main() -> None:
     rows = [("first run (everything computed)", cold), ("cached rerun, wall", rerun),
             ("  importing the flows (torch, transformers, prefect, mlflow)", imports),
             ("  first flow call (starts Prefect's temporary API server)", first_flow),
-            (f"  {count} stage subflows × {later_flow:.2f} s per later flow call", count * later_flow),
+            ("  one later flow call (each stage subflow pays it: data, base, searches, fine-tunes)", later_flow),
             (f"  the {count} stage runs' own time (MLflow start→end)", stages)]
     for name, seconds in rows:
         print(f"| {name} | {seconds:.1f} | {seconds / rerun:.2f} |")
