@@ -44,9 +44,11 @@ def read_source(name: str, cfg: DataConfig) -> list[sources.Document]:
 def source_fingerprint(cfg: DataConfig) -> str:
     """Identity of the inputs: package sources by name (pinned, shipped or versioned archives), user files by
     content."""
-    parts = [name if name in PACKAGE_SOURCES else identity.tree_identity(resolve_path(name))
-             if resolve_path(name).exists() else name for name in cfg.sources]
-    return identity.short(identity.json_identity(parts), 16)
+    def part(name: str) -> str:
+        path = resolve_path(name)
+        return identity.tree_identity(path) if name not in PACKAGE_SOURCES and path.exists() else name
+
+    return identity.short(identity.json_identity([part(name) for name in cfg.sources]), 16)
 
 
 def corpus_artifact(cfg: DataConfig, md5: str, manifest: dict) -> DataArtifact:

@@ -7,7 +7,6 @@ create unlinked runs). Only the stage runner (``runner.py``) opens and ends runs
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -187,10 +186,6 @@ def log_text(run_id: str, text: str, name: str) -> None:
         target = Path(tmp) / name
         target.write_text(text)
         client().log_artifact(run_id, str(target))
-
-
-def log_json(run_id: str, data, name: str) -> None:
-    log_text(run_id, json.dumps(data, indent=2), name)
 
 
 def log_dataset(run_id: str, name: str, digest: str, source: str, context: str) -> None:
