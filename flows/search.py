@@ -8,7 +8,7 @@ from ropelab.artifacts import DataArtifact, ModelArtifact, SearchArtifact
 from ropelab.config import RunConfig
 from ropelab.flows.base import upstream
 from ropelab.tasks import runner
-from ropelab.tasks.search import search_generation, search_init, search_report
+from ropelab.tasks.search import planned_generations, search_generation, search_init, search_report
 
 
 @flow(name="search", flow_run_name="search-{cfg.preset}")
@@ -19,13 +19,15 @@ def search_flow(cfg: RunConfig, parent_run_id: str | None = None, model: ModelAr
     model, data = upstream(cfg, parent_run_id, model, data)
     s = cfg.search
     name = name or f"{'recovery' if s.mode == 'recovery' else 'search'}-{s.scale:g}x"
+    planned = planned_generations(s)  # a count evo_scale leaves at 0 is one error line before the run opens
     with runner.stage(name, cfg, parent_run_id=parent_run_id, data_version=data.fingerprint,
                       consumed={"model": model, "data": data}, refresh=refresh) as stage:
         generations = [stage.call(search_init, model, data, s)]
-        while generations[-1].generation < s.iterations and not generations[-1].stopped_early:
+        while generations[-1].generation < planned and not generations[-1].stopped_early:
             generations.append(stage.call(search_generation, model, data, s, generations[-1]))
             g = generations[-1]
-            print(f"{name} generation {g.generation}: best {g.best:.4f}, median {g.median:.4f}")
+            short = f" ({g.shortfall} children could not be made)" if g.shortfall else ""
+            print(f"{name} generation {g.generation}: best {g.best:.4f}, median {g.median:.4f}{short}")
         result = stage.record(stage.call(search_report, model, data, s, generations))
     print(f"winner: validation PPL {result.validation_ppl['winner']:.4f}, test PPL {result.test_ppl['winner']:.4f}"
           f" ({result.evaluated} candidates evaluated)")

@@ -29,7 +29,14 @@ from ropelab.rope.export import export_hf
 from ropelab.rope.factors_io import write_rescale_factors
 from ropelab.search.evolution import EvolutionConfig, SearchState, initial_state, next_generation
 from ropelab.search.fitness import batched_fitness
-from ropelab.search.space import CODE_START_TOKENS, PAPER_START_TOKENS, Candidate, SearchSpace, seed_vectors
+from ropelab.search.space import (
+    CODE_START_TOKENS,
+    PAPER_START_TOKENS,
+    Candidate,
+    SearchSpace,
+    exact_seeds,
+    seed_vectors,
+)
 from ropelab.tasks.caching import IDENTITY, code_version
 from ropelab.tasks.home import paths
 from ropelab.tasks.progress import progress_bar
@@ -51,6 +58,7 @@ class Generation:
     evaluated: int
     log_path: Path
     stopped_early: bool
+    shortfall: int = 0  # children configured but not made (no new valid one in the retries)
 
     def exists(self) -> bool:
         return self.state_path.exists() and self.log_path.exists()
@@ -84,7 +92,18 @@ def space_for(model, cfg: SearchConfig) -> SearchSpace:
 
 def evolution_config(cfg: SearchConfig) -> EvolutionConfig:
     return EvolutionConfig(cfg.population, cfg.iterations, cfg.mutations, cfg.crossovers, cfg.parents,
-                           cfg.mutation_probability, cfg.evo_scale, early_stop_patience=cfg.early_stop_patience)
+                           cfg.mutation_probability, cfg.evo_scale, early_stop_patience=cfg.early_stop_patience,
+                           crossover=cfg.crossover, scale_rule=cfg.evo_scale_rule, mutation_retry=cfg.mutation_retry,
+                           start_token_search=cfg.start_token_search)
+
+
+def planned_generations(cfg: SearchConfig) -> int:
+    """Generations after the initial population: search.iterations, scaled under evo_scale_rule code."""
+    return evolution_config(cfg).counts()["iterations"]
+
+
+def seeds_for(space: SearchSpace, cfg: SearchConfig) -> dict[str, np.ndarray]:
+    return seed_vectors(space, cfg.seeds, cfg.yarn_beta_fast, cfg.yarn_beta_slow)
 
 
 def windows_for(tokenizer, corpus: Path, space: SearchSpace, split: str, count: int, seed: int) -> torch.Tensor:
@@ -151,7 +170,7 @@ def _save_state(state: SearchState, directory: Path) -> Generation:
         json.dumps({**e.candidate.to_dict(), "fitness": e.fitness, "origin": e.origin}) + "\n" for e in new))
     fitness = [e.fitness for e in state.population]
     return Generation(path, identity.sha256_bytes(text.encode()), state.generation, min(fitness),
-                      float(np.median(fitness)), len(new), log, state.stopped_early)
+                      float(np.median(fitness)), len(new), log, state.stopped_early, state.shortfall[-1])
 
 
 @task(name="search-init", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
@@ -163,7 +182,7 @@ def search_init(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig) -> 
         space, fitness = _fitness(model, data, cfg, (bar, job))
         rng = np.random.default_rng(cfg.seed)
         with out_of_memory_is_final("search", space.target_length, OOM_HINT):
-            state = initial_state(fitness, space, evolution_config(cfg), rng, seed_vectors(space, cfg.seeds))
+            state = initial_state(fitness, space, evolution_config(cfg), rng, seeds_for(space, cfg))
     return _save_state(state, search_dir(model, cfg))
 
 
@@ -181,9 +200,24 @@ def search_generation(model: ModelArtifact, data: DataArtifact, cfg: SearchConfi
 
 
 def generation_series(generations: list[Generation]) -> tuple[Series, ...]:
-    names = {"best": "search/best_fitness", "median": "search/median_fitness", "evaluated": "search/evaluated_in_generation"}
+    names = {"best": "search/best_fitness", "median": "search/median_fitness", "evaluated": "search/evaluated_in_generation",
+             "shortfall": "search/children_missing"}
     return tuple(Series(metric, tuple((g.generation, float(getattr(g, field))) for g in generations))
                  for field, metric in names.items())
+
+
+def exact_seed_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, space: SearchSpace,
+                      snapped: dict[str, Candidate], score_test) -> dict[str, dict[str, float]]:
+    """The search scores its seeds snapped onto the 0.01 grid; here the exact seeds (where snapping changed
+    them) are scored too, on the validation and the test windows, with the largest change snapping made."""
+    exact = exact_seeds(space, seeds_for(space, cfg), snapped)
+    if not exact:
+        return {}
+    _, validate = _fitness(model, data, cfg)
+    names = list(exact)
+    rows = zip(names, validate([exact[k] for k in names]), score_test([exact[k] for k in names]), strict=True)
+    return {f"seed:{k}": {"validation_ppl": v, "test_ppl": t, "max_snap": float(np.max(np.abs(
+        np.subtract(exact[k].rescale_factors, snapped[k].rescale_factors))))} for k, v, t in rows}
 
 
 @task(name="search-report", cache_policy=IDENTITY)
@@ -197,9 +231,9 @@ def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig,
     seeds = {e.origin.removeprefix("seed:"): e for e in state.history if e.origin.startswith("seed:")}
     test = windows_for(tokenizer, data.path, space, "test", cfg.test_windows, cfg.seed)
     contenders = {"winner": state.best.candidate, **{f"seed:{k}": e.candidate for k, e in seeds.items()}}
-    scores = batched_fitness(loaded, space, test, tokens_per_batch=cfg.tokens_per_batch,
-                             attention_policy=cfg.attention_policy)(list(contenders.values()))
-    test_ppl = dict(zip(contenders, scores, strict=True))
+    score_test = batched_fitness(loaded, space, test, tokens_per_batch=cfg.tokens_per_batch,
+                                 attention_policy=cfg.attention_policy)
+    test_ppl = dict(zip(contenders, score_test(list(contenders.values())), strict=True))
     winner = state.best.candidate
     spec = space.spec(winner, cfg.attention_policy)
     meta = {"factor": space.total_factor or space.scale, "search_scale": space.scale, "mode": cfg.mode,
@@ -215,8 +249,10 @@ def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig,
     export = export_hf(loaded, out / "hf_export", spec, tokenizer=tokenizer,
                        provenance={"search": str(out.parent), "data_version": data.fingerprint})
     validation = {"winner": state.best.fitness, **{f"seed:{k}": e.fitness for k, e in seeds.items()}}
+    exact = exact_seed_report(model, data, cfg, space, {k: e.candidate for k, e in seeds.items()}, score_test)
     write_text_atomic(out / "report.json", json.dumps({"test_ppl": test_ppl, "validation_ppl": validation,
-                                                       "evaluated": len(state.history)}, indent=2))
+                                                       "evaluated": len(state.history), "exact_seeds": exact,
+                                                       "shortfall": state.shortfall}, indent=2))
     return SearchArtifact(out, identity.sha256_file(lam)[:16], data.fingerprint, lam=lam, export=export.path,
                           mode=cfg.mode, test_ppl=test_ppl, validation_ppl=validation, evaluated=len(state.history),
                           generations=generation_series(generations),

@@ -83,6 +83,12 @@ SearchMode = Literal["extend", "recovery"]
 Bounds = Literal["paper", "code"]
 SeedSet = Literal["paper", "code"]
 StartTokens = Literal["none", "paper", "code"]
+# the search's reference variants, "code" = microsoft/LongRoPE's released code (search/operators.py CROSSOVERS,
+# MUTATION_RETRIES, START_TOKEN_SEARCHES and search/evolution.py SCALE_RULES agree: tested)
+Crossover = Literal["uniform", "code"]
+EvoScaleRule = Literal["round", "code"]
+MutationRetry = Literal["restart", "code"]
+StartTokenSearch = Literal["walk", "trial"]
 AttentionPolicy = Literal["su", "yarn", "none"]
 Split = Literal["test", "validation"]
 PplProtocol = Literal["truncated", "sliding"]
@@ -170,6 +176,8 @@ class EvalConfig:
     original_length: NonNegative = doc("the model's original context length L, from which the evaluation lengths "
                                        "are multiples (0: from its config; set it for a PI export, whose config "
                                        "records only the extended length)", 0)
+    yarn_beta_fast: PositiveFloat = doc("YaRN baseline β_fast (reference: 32; 128 for Mistral)", 32.0)
+    yarn_beta_slow: PositiveFloat = doc("YaRN baseline β_slow (reference: 1; 2 for Mistral)", 1.0)
 
 
 @dataclass(frozen=True)
@@ -184,8 +192,16 @@ class SearchConfig:
     attention_factor: NonNegativeFloat = doc("explicit attention factor for candidates (0: from attention_policy; "
                                              "recovery uses the model's own when 0)", 0.0)
     bounds: Bounds = doc("λ bounds: paper [1, 1.25·s] or code [1, 1+s]", "paper")
-    seeds: SeedSet = doc("initial population seeds: paper (PI, NTK, YaRN) or code (one YaRN-factor seed)", "paper")
-    start_tokens: StartTokens = doc("n̂ search: none (n̂ = 0), paper or code candidate set", "none")
+    seeds: SeedSet = doc("initial population seeds: paper (PI, NTK, YaRN) or code (one YaRN-factor seed); snapped "
+                         "onto the 0.01 grid before scoring (the report also scores them exact)", "paper")
+    yarn_beta_fast: PositiveFloat = doc("YaRN β_fast of the YaRN seeds (reference: 32; 128 for Mistral)", 32.0)
+    yarn_beta_slow: PositiveFloat = doc("YaRN β_slow of the YaRN seeds (reference: 1; 2 for Mistral)", 1.0)
+    start_tokens: StartTokens = doc("n̂ search: none (n̂ = 0), paper or code candidate set (code: the research "
+                                    "code's 12 values and the n̂ = 0 its λ start with)", "none")
+    start_token_search: StartTokenSearch = doc(
+        "how n̂ is searched: walk (mutation moves n̂ to another member of the set) or trial (the research code: "
+        "5 of the initial top 10 try every other n̂, each mutated child 5 random ones; the best joins if better)",
+        "walk")
     attention_policy: AttentionPolicy = doc("longrope attention factor: su, yarn or none", "su")
     num_windows: Positive = doc("validation windows for fitness (≥ 8: a 2-window fitness overfitted)", 8)
     test_windows: Positive = doc("held-out test windows for the honest report of the winner and the seeds", 8)
@@ -196,7 +212,17 @@ class SearchConfig:
     crossovers: NonNegative = doc("crossover children per generation", 16)
     parents: Positive = doc("elitist parents kept per generation", 32)
     evo_scale: PositiveFloat = doc("multiplies population, mutations, crossovers, parents (cheap presets)", 1.0)
+    evo_scale_rule: EvoScaleRule = doc("how evo_scale scales: round (population, mutations, crossovers, parents; "
+                                       "rounded, ≥ 1) or code (int(evo_scale·n) of those and of iterations and "
+                                       "crossover tries, as the released code)", "round")
     mutation_probability: Probability = doc("per-gene mutation/crossover probability", 0.3)
+    crossover: Crossover = doc("uniform (each gene from the other parent with probability p at once, parents in "
+                               "random order) or code (the released code: better parent first, the other's genes "
+                               "copied one at a time, p then 0.5; the first new monotone child, median 1 gene)",
+                               "uniform")
+    mutation_retry: MutationRetry = doc("a mutation that is not new: restart (from the parent) or code (keep "
+                                        "mutating the mutated vector); after 100 tries the child is dropped, with a "
+                                        "warning and the count recorded (search/children_missing)", "restart")
     early_stop_patience: NonNegative = doc("stop after this many generations without improvement (0: never)", 0)
     max_rescale: OffOrRatio = doc("upper bound on λ (recovery search); 0: the bounds' own", 0.0)
     tokens_per_batch: Positive = doc("tokens per forward pass when evaluating candidates in batches", 16384)

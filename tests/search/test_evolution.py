@@ -9,7 +9,6 @@ import pytest
 from ropelab.errors import RopelabError
 from ropelab.search.evolution import (
     EvolutionConfig,
-    SearchState,
     crossover,
     evolve,
     initial_state,
@@ -17,6 +16,7 @@ from ropelab.search.evolution import (
     next_generation,
 )
 from ropelab.search.space import PAPER_START_TOKENS, Candidate, SearchSpace, seed_vectors
+from tests.search.resume import state_when_killed
 
 SPACE = SearchSpace(head_dim=32, base=10000.0, scale=8.0, original_max_position_embeddings=256,
                     start_token_choices=PAPER_START_TOKENS)
@@ -77,19 +77,10 @@ def test_best_fitness_improves_steadily_on_a_toy_objective():
 
 def test_kill_and_resume_equals_uninterrupted():
     straight, _ = run(0)
-    saved = {}
-
-    def kill_after_five(state):
-        saved["json"] = state.to_json()
-        if state.generation == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(0, on_generation=kill_after_five)
-    resumed, toy = run(seed=999, state=SearchState.from_json(saved["json"]))  # the rng comes from the state
+    saved = state_when_killed(lambda **kw: run(0, **kw), 5)
+    resumed, toy = run(seed=999, state=saved)  # the rng comes from the state
     assert resumed.to_json() == straight.to_json()
-    assert all(c.key(SPACE.step) not in {e.candidate.key(SPACE.step) for e in
-                                         SearchState.from_json(saved["json"]).history} for c in toy.calls)
+    assert all(c.key(SPACE.step) not in {e.candidate.key(SPACE.step) for e in saved.history} for c in toy.calls)
 
 
 def test_mutation_and_crossover_respect_the_constraint():

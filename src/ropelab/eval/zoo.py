@@ -42,10 +42,13 @@ BASELINES: dict[str, Callable[[int, RopeBasics], RopeSpec]] = {
 }
 
 
-def baseline(name: str) -> Callable[[int, RopeBasics], SpecPair]:
+def baseline(name: str, yarn_betas: tuple[float, float] = (32.0, 1.0)) -> Callable[[int, RopeBasics], SpecPair]:
+    """``yarn_betas``: YaRN's (β_fast, β_slow), eval.yarn_beta_fast/slow (LongRoPE's search.py: 128/2 for Mistral)."""
     if name not in BASELINES:
         raise RopelabError(f"unknown zoo method {name!r}; baselines: {', '.join(BASELINES)}, or native (the "
                            "model's own RoPE); λ sets come as files")
+    if name == "yarn":
+        return lambda n, b: (BASELINES[name](n, b).replace(beta_fast=yarn_betas[0], beta_slow=yarn_betas[1]), None)
     return lambda n, b: (BASELINES[name](n, b), None)
 
 

@@ -1,4 +1,5 @@
-"""The LongRoPE search space (Ding et al. 2024, arXiv 2402.13753 §3; the dim_mono search of microsoft/LongRoPE): genome, bounds, grid, constraint, seeds.
+"""The LongRoPE search space (Ding et al. 2024, arXiv 2402.13753 §3; microsoft/LongRoPE's dim_mono search):
+genome, bounds, grid, constraint, seeds.
 
 Genome: λ ∈ R^{d/2} on a grid of ``step`` (0.01), monotone non-decreasing (high-frequency dimensions
 interpolate least), within [1, upper] where upper = 1.25·s (paper) or 1 + s (released code); optionally n̂ from
@@ -17,7 +18,9 @@ from ropelab.rope.methods import rope_frequencies
 from ropelab.rope.registry import RopeSpec
 
 PAPER_START_TOKENS = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256)
-CODE_START_TOKENS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64)
+# the research code (branch longrope @ 5d6e10a, GeneticAlgorithm.py try_start_token) tries these n̂ on λ vectors
+# that all start with n̂ = 0 (dim_mono_n prepends 0.0), and keeps a trial only if it is better: so 0 is a member
+CODE_START_TOKENS = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64)
 BOUNDS = ("paper", "code")
 
 
@@ -72,10 +75,13 @@ class SearchSpace:
         bound = 1.25 * self.scale if self.bounds == "paper" else 1.0 + self.scale
         return min(bound, self.max_rescale) if self.max_rescale else bound
 
-    def snap(self, values) -> np.ndarray:
-        """Onto the grid, into the bounds, made monotone (running maximum)."""
-        grid = np.round(np.asarray(values, dtype=np.float64) / self.step) * self.step
-        return np.maximum.accumulate(np.clip(grid, 1.0, self.upper_on_grid()))
+    def snap(self, values, grid: bool = True) -> np.ndarray:
+        """Onto the grid, into the bounds, made monotone (running maximum). ``grid=False``: into the bounds
+        and monotone only (a seed as it is, e.g. to score what snapping it onto the grid cost)."""
+        values = np.asarray(values, dtype=np.float64)
+        if grid:
+            values = np.round(values / self.step) * self.step
+        return np.maximum.accumulate(np.clip(values, 1.0, self.upper_on_grid() if grid else self.upper))
 
     def upper_on_grid(self) -> float:
         return math.floor(self.upper / self.step + 1e-9) * self.step
@@ -111,19 +117,35 @@ def _as_lambda(spec: RopeSpec) -> np.ndarray:
     return (rope_frequencies(spec.head_dim, spec.base) / inv_freq).double().numpy()
 
 
-def seed_vectors(space: SearchSpace, variant: str = "paper") -> dict[str, np.ndarray]:
+def seed_vectors(space: SearchSpace, variant: str = "paper", beta_fast: float = 32.0,
+                 beta_slow: float = 1.0) -> dict[str, np.ndarray]:
     """Initial λ vectors: paper = PI, NTK and YaRN (inverse-frequency blend); code = the released code's single
-    seed, YaRN with the FACTOR blended linearly, λ_i = s·(1 − m_i) + m_i (m = 1 where frequencies are kept)."""
+    seed, YaRN with the FACTOR blended linearly, λ_i = s·(1 − m_i) + m_i (m = 1 where frequencies are kept).
+    YaRN's ramp uses β_fast/β_slow (evolution/search.py @ c9e56aa: 32/1, and 128/2 for Mistral). The vectors are
+    exact; the search snaps them onto its grid (``SearchSpace.candidate``) before scoring."""
     s, d = space.scale, space.head_dim
     L = space.reference_length or space.original_max_position_embeddings  # YaRN's ramp is relative to it
     common = {"head_dim": d, "base": space.base}
-    yarn = RopeSpec("yarn", factor=s, original_max_position_embeddings=L, **common)
+    yarn = RopeSpec("yarn", factor=s, original_max_position_embeddings=L, beta_fast=beta_fast, beta_slow=beta_slow,
+                    **common)
     if variant == "code":
         from ropelab.rope.methods import yarn_correction_range, yarn_ramp
 
-        low, high = yarn_correction_range(d, space.base, L, 32.0, 1.0)
+        low, high = yarn_correction_range(d, space.base, L, beta_fast, beta_slow)
         keep = (1 - yarn_ramp(low, high, d // 2)).double().numpy()
         return {"yarn-factor": s * (1 - keep) + keep}
     if variant != "paper":
         raise RopelabError(f"seed variant must be paper or code, got {variant!r}")
     return {"pi": np.full(space.dims, s), "ntk": _as_lambda(RopeSpec("ntk", factor=s, **common)), "yarn": _as_lambda(yarn)}
+
+
+def exact_seeds(space: SearchSpace, seeds: dict[str, np.ndarray], snapped: dict[str, Candidate]) -> dict[str, Candidate]:
+    """The seeds as computed, into the bounds and monotone but not onto the grid, wherever snapping changed them
+    (the search scores the snapped ones, ``snapped`` by seed name; the report scores these too)."""
+    out = {}
+    for name, values in seeds.items():
+        if name in snapped:
+            exact = space.snap(values, grid=False)
+            if np.max(np.abs(exact - np.asarray(snapped[name].rescale_factors))) > 1e-9:
+                out[name] = Candidate(tuple(float(v) for v in exact), snapped[name].start_tokens)
+    return out
