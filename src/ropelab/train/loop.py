@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -35,19 +36,37 @@ class StepRecord:
     tokens: int
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then linear decay to cfg.lr · min_lr_ratio at the last step."""
+@dataclass(frozen=True)
+class Optimization:
+    """AdamW's betas and weight decay and the schedule's shape. ``Optimization.of(cfg)`` is ropelab's own, used
+    by every stage unless its caller passes another (CLEX's reference settings: ``ropelab.clex.train``)."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1  # on matrices (≥ 2-D parameters); vectors (norms, biases) never decay
+    schedule: Literal["linear", "cosine"] = "linear"  # the decay after the warm-up
+    min_lr_ratio: float = 0.1  # the final learning rate as a fraction of the peak
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> Optimization:
+        return cls((0.9, 0.95), cfg.weight_decay, "linear", cfg.min_lr_ratio)
+
+
+def learning_rate(step: int, cfg: TrainConfig, opt: Optimization | None = None) -> float:
+    """Linear warm-up to cfg.lr, then linear (or cosine, half a period) decay to cfg.lr · min_lr_ratio at the
+    last step. The warm-up's first step already trains ((step + 1) / warm-up; transformers' starts at 0)."""
+    opt = opt or Optimization.of(cfg)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * min(1.0, progress))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    remaining = 0.5 * (1 + math.cos(math.pi * progress)) if opt.schedule == "cosine" else 1 - progress
+    return cfg.lr * (opt.min_lr_ratio + (1 - opt.min_lr_ratio) * remaining)
 
 
-def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, opt: Optimization) -> torch.optim.Optimizer:
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=False)
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=opt.betas, fused=False)
 
 
 def _save(path: Path, model, optimizer, generator, step: int, history: list[StepRecord]) -> None:
@@ -67,20 +86,23 @@ def train_causal_lm(
     describe: Callable[[], str] | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
     checkpoint_dir: Path | None = None,
+    optimization: Optimization | None = None,
 ) -> list[StepRecord]:
     """Train ``model`` on random batches of ``blocks`` (n, seq_len) for cfg.steps optimiser steps.
 
     ``position_ids(step, seq_len, generator)`` may supply custom positions per micro-batch (CLEX); they come
     with an explicit all-ones attention mask, since transformers reads gapped position ids without a mask as
     packed sequences and would cut attention at every gap. ``describe()`` adds the caller's state (CLEX: the
-    scale t) to a non-finite-loss error. The loss is the mean next-token cross-entropy. Returns the history.
+    scale t) to a non-finite-loss error. ``optimization`` replaces ropelab's AdamW betas, weight decay and
+    schedule shape (``Optimization.of(cfg)``). The loss is the mean next-token cross-entropy. Returns the history.
     """
     def where(step: int) -> str:
         return f"step {step}" + (f" ({describe()})" if describe is not None else "")
 
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
-    optimizer = _optimizer(params, cfg)
+    opt = optimization or Optimization.of(cfg)
+    optimizer = _optimizer(params, cfg, opt)
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[StepRecord] = []
     start = 0
@@ -94,7 +116,7 @@ def train_causal_lm(
     batches = random_batches(blocks, cfg.batch_size, generator)
     model.train()
     for step in range(start, cfg.steps):
-        lr = learning_rate(step, cfg)
+        lr = learning_rate(step, cfg, opt)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
