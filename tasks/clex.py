@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
-
-from prefect import task
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact, Series
 from ropelab.clex.io import export_clex
 from ropelab.clex.ode import ntk_log_frequencies
-from ropelab.clex.train import train_clex
+from ropelab.clex.train import optimization, train_clex
 from ropelab.config import ClexConfig
 from ropelab.data.corpus import CorpusReader
 from ropelab.eval.plots import plot_clex_basis
 from ropelab.models import load_model
 from ropelab.rope.adapter import rope_basics
 from ropelab.tasks.caching import IDENTITY, code_version
+from ropelab.tasks.devices import device_task
 from ropelab.tasks.home import paths
 from ropelab.tasks.progress import progress_bar
 from ropelab.tasks.retries import out_of_memory_is_final, transient_only
@@ -50,7 +50,7 @@ def clex_curves(steps: list[tuple[int, dict]]) -> tuple[Series, ...]:
     return tuple(Series(f"clex/{n}", tuple((s, float(v[n])) for s, v in steps)) for n in names)
 
 
-@task(name="clex-train", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
+@device_task(name="clex-train", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
 def train_clex_model(model: ModelArtifact, data: DataArtifact, cfg: ClexConfig) -> ModelArtifact:
     """Train CLEX (checkpoints every K steps: a killed run resumes); the result is a CLEX export directory."""
@@ -78,7 +78,8 @@ def train_clex_model(model: ModelArtifact, data: DataArtifact, cfg: ClexConfig) 
     plot = plot_basis(module, directory / "clex_basis.png", L)
     (out / "training.json").write_text(json.dumps(
         {"seconds": seconds, "first_loss": history[0].loss, "final_loss": history[-1].loss, "steps": len(history),
-         "tokens": history[-1].tokens}, indent=2))
+         "tokens": history[-1].tokens, "optimizer": {"choice": cfg.optimizer, **asdict(optimization(cfg))}},
+        indent=2))
     shutil.rmtree(directory / "checkpoint", ignore_errors=True)  # done: the export replaces it
     metrics = {"clex/first_loss": history[0].loss, "clex/final_loss": history[-1].loss, "clex/seconds": seconds,
                "clex/tokens": history[-1].tokens}

@@ -78,6 +78,13 @@ BACKENDS = ("rk4", "torchdiffeq")
 Activation = Literal[ACTIVATIONS]
 Positions = Literal[POSITION_SCHEMES]
 Backend = Literal[BACKENDS]
+# CLEX's fidelity options (clex/rotary.py, clex/train.py and flows/clex.py dispatch on these names)
+LOG_SCALE_RULES = ("reference", "clamped")
+CLEX_OPTIMIZERS = ("reference", "ropelab")
+PI_LENGTHS = ("train", "serving")
+LogScaleRule = Literal[LOG_SCALE_RULES]
+ClexOptimizer = Literal[CLEX_OPTIMIZERS]
+PiLength = Literal[PI_LENGTHS]
 # the search's and evaluation's choices (rope/methods.py ATTENTION_POLICIES, search/space.py BOUNDS agree: tested)
 SearchMode = Literal["extend", "recovery"]
 Bounds = Literal["paper", "code"]
@@ -256,12 +263,25 @@ class ClexConfig:
                                "uniform (even spacing) or chunks (contiguous pieces with random skips, PoSE-style)",
                                "random")
     chunks: AtLeastTwo = doc("positions=chunks: number of contiguous pieces", 2)
-    log_scale: Flag = doc("multiply queries by log(n)/log(L) beyond L", False)
+    log_scale: Flag = doc("log-scaling: multiply the attention logits by log(n)/log(L) (log_scale_rule says "
+                          "which n)", False)
+    log_scale_rule: LogScaleRule = doc("reference: n = the tokens attended to (a training sequence's seq_len, "
+                                       "whatever t·L its positions span), unclamped (< 1 below L), as the reference "
+                                       "code; clamped: n = the last position + 1, factor ≥ 1", "reference")
     ode_only: Flag = doc("train only the ODE, the model frozen", False)
     backend: Backend = doc("ODE solver: rk4 (built in) or torchdiffeq (optional extra ropelab[ode]); equal results",
                            "rk4")
+    optimizer: ClexOptimizer = doc("reference: AdamW β (0.9, 0.999), no weight decay, cosine decay to 0 after "
+                                   "the warm-up (the reference train script); ropelab: the shared loop's AdamW β "
+                                   "(0.9, 0.95), train.weight_decay, linear decay to train.min_lr_ratio", "reference")
     compare_pi_scale: OffOrRatio = doc("also fine-tune PI at this scale on the same tokens for comparison (0: off)",
                                        4.0)
+    compare_pi_lengths: tuple[PiLength, ...] = doc("the PI comparisons (with compare_pi_scale > 0): train = PI at "
+                                                   "compare_pi_scale trained exactly like CLEX; serving = PI at max_t "
+                                                   "fine-tuned at CLEX's serving length max_t·L on as many tokens "
+                                                   "(batch divided by the length ratio, ≥ 1), as the paper's "
+                                                   "baselines are fine-tuned at their target length",
+                                                   ("train", "serving"))
     train: TrainConfig = doc("optimisation (seq_len = the training length; the paper trains at L)",
                              default_factory=lambda: TrainConfig(steps=200, batch_size=8, seq_len=4096, lr=2e-5,
                                                                  warmup_steps=10, checkpoint_every=50))

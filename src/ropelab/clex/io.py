@@ -19,6 +19,7 @@ from ropelab.clex.rotary import ClexRotaryEmbedding
 from ropelab.errors import RopelabError
 from ropelab.rope.adapter import rope_basics
 from ropelab.rope.export import save_tokenizer
+from ropelab.rope.generation import refuse_stale_cache
 from ropelab.rope.modules import install_rotary, uninstall_rope
 
 CLEX_RECORD = "clex.json"
@@ -40,7 +41,8 @@ def export_clex(model, out_dir: str | Path, module: ClexRotaryEmbedding, tokeniz
     table = module.table()
     record = {
         "note": NOTE, "original_max_position_embeddings": module.original_length, "max_t": module.max_t,
-        "time_dt": module.time_dt, "log_scale": module.log_scale, "backend": module.backend,
+        "time_dt": module.time_dt, "log_scale": module.log_scale, "log_scale_rule": module.log_scale_rule,
+        "backend": module.backend,
         "amplification": module.dynamics.up.shape[1] // module.dynamics.head_dim,
         "activation": type(module.dynamics.activation).__name__.lower(),
         "head_dim": module.dynamics.head_dim, "rope_theta": module.dynamics.base,
@@ -71,7 +73,8 @@ def clex_module_from_export(path: str | Path, config) -> ClexRotaryEmbedding:
     module = ClexRotaryEmbedding(record["head_dim"], record["rope_theta"], record["original_max_position_embeddings"],
                                  record["max_t"], time_dt=record["time_dt"], amplification=record["amplification"],
                                  activation=record["activation"], log_scale=record["log_scale"],
-                                 backend=record["backend"])
+                                 # exports written before the rule was recorded used the clamped one
+                                 log_scale_rule=record.get("log_scale_rule", "clamped"), backend=record["backend"])
     module.dynamics.load_state_dict(load_file(Path(path) / CLEX_WEIGHTS))
     module.eval()
     table = torch.tensor([record["frequency_table"][str(t)] for t in range(1, record["max_t"] + 1)])
@@ -80,5 +83,8 @@ def clex_module_from_export(path: str | Path, config) -> ClexRotaryEmbedding:
 
 
 def load_clex(path: str | Path, model) -> ClexRotaryEmbedding:
-    """Install the CLEX module of the export at ``path`` into ``model`` (loaded from the same directory)."""
-    return install_rotary(model, clex_module_from_export(path, model.config))
+    """Install the CLEX module of the export at ``path`` into ``model`` (loaded from the same directory);
+    ``model.generate`` then refuses a cached continuation across a change of t (``refuse_stale_cache``)."""
+    module = install_rotary(model, clex_module_from_export(path, model.config))
+    refuse_stale_cache(model)
+    return module

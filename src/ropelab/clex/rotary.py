@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ropelab.clex.ode import ClexDynamics, frequency_table, solve
+from ropelab.config import LOG_SCALE_RULES
 from ropelab.errors import RopelabError
 from ropelab.rope.rotary import rotary_cos_sin
 
@@ -23,8 +24,8 @@ class ClexRotaryEmbedding(nn.Module):
     """``forward(x, position_ids) -> (cos, sin)`` like transformers' rotary modules; owns the ODE parameters."""
 
     def __init__(self, head_dim: int, base: float, original_length: int, max_t: int, *, time_dt: float = 0.01,
-                 amplification: int = 1, activation: str = "tanh", log_scale: bool = False, backend: str = "rk4",
-                 generator: torch.Generator | None = None):
+                 amplification: int = 1, activation: str = "tanh", log_scale: bool = False,
+                 log_scale_rule: str = "reference", backend: str = "rk4", generator: torch.Generator | None = None):
         super().__init__()
         if max_t < 1:
             raise RopelabError(f"clex.max_t must be ≥ 1, got {max_t}")
@@ -32,7 +33,10 @@ class ClexRotaryEmbedding(nn.Module):
             raise RopelabError(f"CLEX needs the original context length L ≥ 2, got {original_length}")
         self.dynamics = ClexDynamics(head_dim, base, amplification, activation, generator)
         self.original_length, self.max_t = int(original_length), int(max_t)
+        if log_scale_rule not in LOG_SCALE_RULES:
+            raise RopelabError(f"unknown clex.log_scale_rule {log_scale_rule!r}; choose one of {', '.join(LOG_SCALE_RULES)}")
         self.time_dt, self.log_scale, self.backend = float(time_dt), bool(log_scale), backend
+        self.log_scale_rule = log_scale_rule
         self._table: torch.Tensor | None = None
         self._cos_sin: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (t, cos, sin) for [0, t·L)
 
@@ -43,11 +47,25 @@ class ClexRotaryEmbedding(nn.Module):
         return min(max(1, math.ceil(n / self.original_length - 1e-9)), self.max_t)
 
     def attention_factor(self, n: float) -> float:
-        """Optional log-scaling: queries · log(n)/log(L) beyond L, applied as its square root to both q and k
-        (cos/sin scale both; their product gives the query factor)."""
-        if not self.log_scale or n <= self.original_length:
+        """Optional log-scaling of the attention logits by r = log(n)/log(L) for n attended tokens (``attended``).
+
+        The reference (DAMO-NLP-SG/CLEX@023709d9, CLEX/llama/modeling_llama_clex.py, LlamaFlashAttention2:
+        ``query_states * log(kv_seq_len) / log(max_position_embeddings)``) multiplies the queries only, by r
+        unclamped (< 1 below L; a clamp to 1 is commented out there). Here √r multiplies cos/sin, so q and k:
+        the logits get exactly r in every forward pass; cached decoding, where the two differ, re-prefills when r
+        changes (``greedy_generate``). Rule ``clamped``: max(1, r)."""
+        if not self.log_scale:
             return 1.0
-        return math.sqrt(math.log(n) / math.log(self.original_length))
+        ratio = math.log(n) / math.log(self.original_length)
+        return math.sqrt(max(1.0, ratio) if self.log_scale_rule == "clamped" else ratio)
+
+    def attended(self, position_ids: torch.Tensor) -> float:
+        """The n of the log-scaling. Reference: the number of keys (its kv_seq_len): a pass from position 0 has
+        as many as tokens (a training sequence of seq_len tokens spread over t·L positions has seq_len), a cached
+        continuation (first position > 0) has last position + 1. Rule ``clamped``: last position + 1."""
+        if self.log_scale_rule == "reference" and int(position_ids[..., 0].max()) == 0:
+            return float(position_ids.shape[-1])
+        return float(position_ids.max()) + 1
 
     def table(self) -> torch.Tensor:
         """inv_freq for t = 1 … max_t, (max_t, d/2), solved once (no gradients)."""
@@ -77,9 +95,8 @@ class ClexRotaryEmbedding(nn.Module):
     # ------------------------------------------------------------ transformers' rotary interface
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = float(position_ids.max()) + 1
-        t = self.scale_for_length(n)
-        factor = self.attention_factor(n)
+        t = self.scale_for_length(float(position_ids.max()) + 1)
+        factor = self.attention_factor(self.attended(position_ids))
         if self.training and torch.is_grad_enabled():
             cos, sin = rotary_cos_sin(self.inverse_frequencies(t).to(x.device), factor, position_ids)
         else:
@@ -108,5 +125,5 @@ class ClexRotaryEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"L={self.original_length}, max_t={self.max_t}, time_dt={self.time_dt}, "
-                f"log_scale={self.log_scale}, backend={self.backend}")
+                f"log_scale={self.log_scale} ({self.log_scale_rule}), backend={self.backend}")
 

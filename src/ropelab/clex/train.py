@@ -11,8 +11,22 @@ from ropelab.clex.rotary import ClexRotaryEmbedding
 from ropelab.config import POSITION_SCHEMES, ClexConfig
 from ropelab.errors import RopelabError
 from ropelab.rope.adapter import rope_basics
+from ropelab.rope.generation import refuse_stale_cache
 from ropelab.rope.modules import install_rotary
-from ropelab.train.loop import StepRecord, train_causal_lm
+from ropelab.train.loop import Optimization, StepRecord, train_causal_lm
+
+# The reference trains model and ODE with transformers' Trainer (DAMO-NLP-SG/CLEX@023709d9, train/train_lm.py,
+# train/argument.py optim "adamw_torch": AdamW β (0.9, 0.999), ε 1e-8) and scripts/train_lm.sh's --weight_decay 0.
+# --lr_scheduler_type cosine (to 0, half a period) --warmup_ratio 0.03. Note: the DeepSpeed config that script
+# names (playground/deepspeed_zero3_offload.json) has a "scheduler" (WarmupLR), and transformers' DeepSpeed
+# integration then uses it instead of the cosine one: constant after the warm-up. ropelab follows the arguments.
+REFERENCE_OPTIMIZATION = Optimization(betas=(0.9, 0.999), weight_decay=0.0, schedule="cosine", min_lr_ratio=0.0)
+
+
+def optimization(cfg: ClexConfig) -> Optimization:
+    """clex.optimizer: the reference's AdamW and schedule, or ropelab's own (clex.train's weight decay and final
+    learning rate, linear decay)."""
+    return REFERENCE_OPTIMIZATION if cfg.optimizer == "reference" else Optimization.of(cfg.train)
 
 
 class ClexPositions:
@@ -76,8 +90,11 @@ def install_clex(model, cfg: ClexConfig, *, generator: torch.Generator | None = 
     b = rope_basics(model.config)
     module = ClexRotaryEmbedding(b.head_dim, b.base, b.original_max_position_embeddings, cfg.max_t,
                                  time_dt=cfg.time_dt, amplification=cfg.amplification, activation=cfg.activation,
-                                 log_scale=cfg.log_scale, backend=cfg.backend, generator=generator)
-    return install_rotary(model, module)
+                                 log_scale=cfg.log_scale, log_scale_rule=cfg.log_scale_rule, backend=cfg.backend,
+                                 generator=generator)
+    install_rotary(model, module)
+    refuse_stale_cache(model)
+    return module
 
 
 def train_clex(model, blocks: torch.Tensor, cfg: ClexConfig, *,
@@ -94,7 +111,7 @@ def train_clex(model, blocks: torch.Tensor, cfg: ClexConfig, *,
     schedule = ClexPositions(b.original_max_position_embeddings, cfg.max_t, cfg.positions, cfg.chunks)
     history = train_causal_lm(model, blocks, cfg.train, position_ids=schedule, describe=schedule.describe,
                               on_step=(lambda record: on_step(record, schedule.t)) if on_step else None,
-                              checkpoint_dir=checkpoint_dir)
+                              checkpoint_dir=checkpoint_dir, optimization=optimization(cfg))
     for p in model.parameters():
         p.requires_grad_(True)
     return module, history

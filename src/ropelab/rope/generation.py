@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ropelab.errors import RopelabError
 from ropelab.rope.modules import rotary_module
+
+GUARD = "_ropelab_stale_cache_guard"
 
 
 @torch.no_grad()
@@ -43,3 +46,28 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
             logits = model(input_ids=sequence[:, -1:], past_key_values=cache, use_cache=True,
                            position_ids=torch.tensor([[length]], device=sequence.device)).logits
     return tokens
+
+
+def refuse_stale_cache(model: nn.Module) -> None:
+    """Make ``model`` (transformers' ``generate``, or any caller passing ``past_key_values``) refuse a cached
+    continuation whose new length changes the rotary setting (CLEX's t or log-scaling factor): its cached keys and
+    values were computed with the old one, so it would be silently inexact. One forward pre-hook per model; it
+    reads the rotary module in force at each call, so it does nothing once another module is installed."""
+    if getattr(model, GUARD, None) is None:
+        setattr(model, GUARD, model.register_forward_pre_hook(_refuse_stale_continuation, with_kwargs=True))
+
+
+def _refuse_stale_continuation(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    cache, setting = kwargs.get("past_key_values"), getattr(rotary_module(model), "setting_for_length", None)
+    cached = cache.get_seq_length() if setting is not None and hasattr(cache, "get_seq_length") else 0
+    if not cached:  # no cache, an empty one (a prefill), or a rotary module whose setting never changes
+        return
+    new = next(x for x in (kwargs.get("input_ids"), args[0] if args else None, kwargs.get("inputs_embeds"))
+               if x is not None)
+    before, after = setting(cached), setting(cached + new.shape[1])
+    if before != after:
+        raise RopelabError(
+            f"a cached continuation from {cached} to {cached + new.shape[1]} tokens changes the CLEX setting "
+            f"(t, attention factor) {before} -> {after}: the cached keys and values would be stale. Decode with "
+            "ropelab.rope.generation.greedy_generate(model, input_ids, max_new_tokens), which re-prefills at the "
+            "change (exact), or pass use_cache=False")
