@@ -31,12 +31,19 @@ def recovery(cfg: RunConfig, ratio: float, attention_factor: float) -> RunConfig
                                "max_rescale": cfg.pipeline.recovery_max_rescale, "attention_factor": attention_factor})
 
 
-def pi_comparison(cfg: RunConfig) -> RunConfig:
-    """PI at clex.compare_pi_scale, trained exactly like CLEX (same length, steps, batch, lr, seed)."""
+def pi_comparison(cfg: RunConfig, length: str = "train") -> RunConfig:
+    """A PI fine-tune to compare CLEX with (clex.compare_pi_lengths). ``train``: PI at clex.compare_pi_scale,
+    trained exactly like CLEX (same length, steps, batch, lr, seed). ``serving``: PI at max_t fine-tuned at
+    CLEX's serving length max_t·L (PI's own target length, as the paper's baselines), same steps and about as
+    many tokens: the batch divided by the length ratio, at least 1."""
     from ropelab.config import to_dict
 
-    return derive(cfg, finetune={"method": "pi", "scale": cfg.clex.compare_pi_scale, "only_beyond_original": False,
-                                 "rescale_factors_file": "", "train": to_dict(cfg.clex.train)})
+    train, scale = to_dict(cfg.clex.train), cfg.clex.compare_pi_scale
+    if length == "serving":
+        scale, serving = float(cfg.clex.max_t), cfg.clex.max_t * cfg.model.context_length
+        train |= {"seq_len": serving, "batch_size": max(1, cfg.clex.train.batch_size * cfg.clex.train.seq_len // serving)}
+    return derive(cfg, finetune={"method": "pi", "scale": scale, "only_beyond_original": False,
+                                 "rescale_factors_file": "", "train": train})
 
 
 def base_eval(cfg: RunConfig, lams: list[Path]) -> RunConfig:
