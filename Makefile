@@ -24,6 +24,7 @@ demo: setup
 
 # The suite, then the package as a user installs it (wheel → fresh virtualenv → init → smoke pipeline twice).
 test: setup
+	bash .ci/system-packages
 	$(BIN)/python -m pytest
 	bash .ci/wheel-check
 

@@ -8,7 +8,6 @@ so a user mistake is one line before anything heavy starts.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -17,17 +16,8 @@ from pathlib import Path
 import ropelab
 from ropelab.config import PIPELINE_STAGES, RunConfig
 from ropelab.errors import RopelabError
+from ropelab.flows.commands import FLOWS
 from ropelab.rope import cli as rope_cli
-
-FLOWS = {  # command -> (module, flow function, help)
-    "data": ("ropelab.flows.data", "data_flow", "assemble the corpus and version it with DVC"),
-    "base": ("ropelab.flows.base", "base_flow", "pretrain the embedded tiny base model (or check a user's model)"),
-    "search": ("ropelab.flows.search", "search_flow", "LongRoPE evolutionary search of λ at search.scale"),
-    "finetune": ("ropelab.flows.finetune", "finetune_flow", "fine-tune with a fixed RoPE (λ file or baseline) at a longer length"),
-    "clex": ("ropelab.flows.clex", "clex_flow", "train CLEX (neural-ODE RoPE scaling) and compare it with a PI fine-tune"),
-    "pipeline": ("ropelab.flows.pipeline", "pipeline_flow", "the progressive LongRoPE recipe and CLEX end to end"),
-    "evaluate": ("ropelab.flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
-}
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -66,16 +56,15 @@ def run_flow(args) -> int:
 
         print("\n".join(pipeline_plan(config)))
         return 0
-    configure_environment(find_home(args.home))
+    from ropelab.tasks import servers
+
+    servers.connect(configure_environment(find_home(args.home)))  # the home's `ropelab server`, when it runs
     if args.refresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
-    module, name, _ = FLOWS[args.command]
-    flow = getattr(importlib.import_module(module), name)
+    from ropelab.flows.commands import run_command
+
     quiet_user_errors()
-    if args.command == "pipeline":
-        flow(config, rerun_from=args.rerun_from)
-    else:
-        flow(config)
+    run_command(args.command, config, getattr(args, "rerun_from", None))
     return 0
 
 
@@ -123,6 +112,93 @@ def show_config(args) -> int:
     return 0
 
 
+def _home_paths(args):
+    from ropelab.tasks.home import configure_environment, find_home
+
+    return configure_environment(find_home(args.home))
+
+
+def _serve_one(args, make, what: str, announce: bool = False) -> int:
+    """Shared by `server` and `ui`: bind check, exposure warning, start, print the URL, block until a signal."""
+    from ropelab.tasks import servers
+
+    paths = _home_paths(args)
+    warning = servers.exposure_warning(args.host, what)
+    if warning:
+        print(f"ropelab: {warning}", file=sys.stderr)
+    servers.check_port_free(args.host, args.port)
+    service = make(paths, args.host, args.port)
+
+    def ready():
+        print(f"{what} for {paths.home}: {service.url}  (log: {service.log}; Ctrl-C stops it)", flush=True)
+        if announce:
+            servers.announce(paths, service.url, os.getpid())
+
+    return servers.run_until_signal(service, ready, (lambda: servers.withdraw(paths)) if announce else lambda: None)
+
+
+def start_server(args) -> int:
+    from ropelab.tasks import servers
+
+    return _serve_one(args, servers.prefect_service, "the Prefect server and UI", announce=True)
+
+
+def start_ui(args) -> int:
+    from ropelab.tasks import servers
+
+    return _serve_one(args, servers.mlflow_service, "the MLflow UI")
+
+
+def serve(args) -> int:
+    from ropelab.tasks import servers
+
+    paths = _home_paths(args)
+    config = load(args)
+    api = servers.require_server(paths, "serve")
+    from ropelab.flows.deploy import serve_schedules
+
+    print(f"serving {len(config.schedules) or 'no'} schedule(s) of {args.config} against {api}", flush=True)
+    quiet_user_errors()
+    serve_schedules(config, args.config, str(paths.home), limit=args.limit)
+    return 0
+
+
+def trigger(args) -> int:
+    from ropelab.tasks import servers
+
+    api = servers.require_server(_home_paths(args), "trigger")
+    from ropelab.flows.deploy import trigger as run_deployment
+
+    run = run_deployment(args.name, args.overrides)
+    ui = os.environ.get("PREFECT_UI_URL", api.removesuffix("/api"))
+    print(f"started {run.name} ({run.id}) of deployment {args.name}: {ui}/runs/flow-run/{run.id}")
+    return 0
+
+
+def _add_server_commands(commands) -> None:
+    for name, run, port, text in (("server", start_server, 4200, "run the Prefect server + UI for this project "
+                                   "(runs, deployments, schedules, device slots)"),
+                                  ("ui", start_ui, 5000, "run the MLflow UI on this project's tracking store")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
+                         "anything else exposes a UI without authentication)")
+        sub.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+        sub.add_argument("--home", default=None, help="the project home (default: as for the flow commands)")
+        sub.set_defaults(run=run)
+    sub = commands.add_parser("serve", help="register the config's `schedules:` as deployments and run them "
+                              "(needs `ropelab server`)")
+    _add_config_flags(sub)
+    sub.add_argument("--home", default=None, help="the project home (default: as for the flow commands)")
+    sub.add_argument("--limit", type=int, default=1, help="flow runs at once (default 1)")
+    sub.set_defaults(run=serve)
+    sub = commands.add_parser("trigger", help="start a run of a served deployment now")
+    sub.add_argument("name", help="the deployment (a `schedules:` entry's name)")
+    sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra override for this run (repeatable)")
+    sub.add_argument("--home", default=None, help="the project home (default: as for the flow commands)")
+    sub.set_defaults(run=trigger)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ropelab", description="Context-window extension for RoPE models.")
     parser.add_argument("--version", action="version", version=f"ropelab {ropelab.__version__}")
@@ -143,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="recompute this stage and everything after it (cached stages before it are reused)")
             sub.add_argument("--dry-run", action="store_true",
                              help="resolve the config, print the stage plan and a memory estimate; load nothing")
+    _add_server_commands(commands)
     runs = commands.add_parser("runs", help="recent pipeline runs: state, preset, headline, duration (from MLflow)")
     runs.add_argument("--home", default=None, help="the project home (default: as for the flow commands)")
     runs.add_argument("-n", "--limit", type=int, default=10, help="how many (default 10)")

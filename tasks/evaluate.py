@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import torch
-from prefect import task
 
 from ropelab.artifacts import DataArtifact, EvalArtifact, ModelArtifact
 from ropelab.atomic import staged_directory
@@ -23,6 +22,7 @@ from ropelab.rope.adapter import rope_basics
 from ropelab.rope.factors_io import read_rescale_spec
 from ropelab.rope.registry import RopeSpec
 from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.devices import device_task
 from ropelab.tasks.home import paths
 from ropelab.tasks.progress import progress_bar
 from ropelab.tasks.retries import transient_only
@@ -55,7 +55,7 @@ def zoo_methods(loaded, model: ModelArtifact, cfg: EvalConfig, basics, lengths, 
     return methods
 
 
-@task(name="evaluate-zoo", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
+@device_task(name="evaluate-zoo", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
 def evaluate_zoo(model: ModelArtifact, data: DataArtifact, cfg: EvalConfig,
                  lambda_files: tuple[tuple[Path, str], ...] = (), settings: dict | None = None,
                  title: str = "") -> EvalArtifact:

@@ -19,6 +19,7 @@ from ropelab.rope.factors_io import read_rescale_spec
 from ropelab.rope.modules import install_rope, uninstall_rope
 from ropelab.rope.registry import RopeSpec
 from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.devices import device_task
 from ropelab.tasks.home import paths
 
 
@@ -32,7 +33,7 @@ def export_final(model: ModelArtifact, long: dict, short: dict | None, name: str
                           lossy=tuple(report.lossy), rope_parameters=report.rope_parameters)
 
 
-@task(name="choose-short-factors", cache_policy=IDENTITY)
+@device_task(name="choose-short-factors", cache_policy=IDENTITY)
 def choose_short_set(model: ModelArtifact, data: DataArtifact, long: dict, candidates: dict, num_windows: int,
                      seed: int) -> ShortChoice:
     """The candidate short set (name → spec dict) with the lowest validation PPL at the original length L,

@@ -19,6 +19,7 @@ from ropelab.eval.perplexity import perplexity, truncated_windows
 from ropelab.models import build_tiny_llama, load_model, save_model
 from ropelab.rope.adapter import rope_basics
 from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.devices import device_task
 from ropelab.tasks.home import paths
 from ropelab.tasks.progress import progress_bar
 from ropelab.tasks.retries import transient_only
@@ -42,7 +43,7 @@ def loss_curves(history, every: int, prefix: str) -> tuple[Series, ...]:
                  for name in ("loss", "lr", "grad_norm", "tokens"))
 
 
-@task(name="pretrain-base", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
+@device_task(name="pretrain-base", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
 def pretrain_base(data: DataArtifact, model_cfg: ModelConfig, train_cfg: TrainConfig) -> ModelArtifact:
     """Pretrain the byte-level tiny Llama on the train split; save safetensors + config + tokenizer.
     Depends on the data, the model shape and the optimisation only (not on evaluation settings)."""
@@ -71,7 +72,7 @@ def pretrain_base(data: DataArtifact, model_cfg: ModelConfig, train_cfg: TrainCo
                          read_documents=tuple(sorted(reader.ledger.get("pretrain", set()))))
 
 
-@task(name="score-base", cache_policy=IDENTITY)
+@device_task(name="score-base", cache_policy=IDENTITY)
 def score_base(model: ModelArtifact, data: DataArtifact, eval_cfg: EvalConfig) -> dict[str, float]:
     """Held-out PPL of the base model at its own L (the number every extension is compared with)."""
     loaded, tokenizer = load_model(model.path)

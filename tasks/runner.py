@@ -16,9 +16,12 @@ from pathlib import Path
 
 from ropelab.artifacts import Artifact
 from ropelab.config import RunConfig
-from ropelab.tasks import tracking
+from ropelab.tasks import devices, tracking
 from ropelab.tasks.caching import code_version
 from ropelab.tasks.home import paths
+from ropelab.tasks.progress import run_logger
+
+SHOWN_METRICS = 6
 
 
 @dataclass
@@ -44,13 +47,19 @@ class Stage:
     def _submit(self, task, refresh: bool, args, kwargs):
         # refresh_cache=None defers to PREFECT_TASKS_REFRESH_CACHE, which `--refresh` sets
         options = task.with_options(refresh_cache=True if refresh else None, result_storage=paths().results)
-        return options(*args, return_state=True, **kwargs)
+
+        def run(t):
+            return t(*args, return_state=True, **kwargs)
+
+        return devices.run_in_slot(options, run, run_logger().warning) if devices.needs_device(task) else run(options)
 
     def record(self, *items):
         """Log each item's record() on this stage's run; artifacts come back stamped with this run."""
         out = []
         for item in items:
-            tracking.log_record(self.run_id, item.record())
+            record = item.record()
+            tracking.log_record(self.run_id, record)
+            log_result(self.name, record)
             if isinstance(item, Artifact):
                 item = item.recorded_by(self.run_id, self.consumed)
             out.append(item)
@@ -68,6 +77,13 @@ class Stage:
         if not self.hits:
             return "none"
         return "hit" if all(self.hits) else "miss" if not any(self.hits) else "partial"
+
+
+def log_result(stage_name: str, record) -> None:
+    """A stage's headline numbers in the Prefect run's log (the Prefect UI's Logs tab)."""
+    shown = ", ".join(f"{k} = {v:.4g}" for k, v in list(record.metrics.items())[:SHOWN_METRICS])
+    more = len(record.metrics) - SHOWN_METRICS
+    run_logger().info(f"{stage_name}: " + (shown or "recorded") + (f" (+{more} more in MLflow)" if more > 0 else ""))
 
 
 def still_valid(result, valid=None) -> bool:
@@ -93,3 +109,4 @@ def stage(name: str, config: RunConfig, *, parent_run_id: str | None = None, dat
         raise
     tracking.set_tags(current.run_id, {"ropelab.cache": current.cache_state()})
     tracking.end_run(current.run_id)
+    run_logger().info(f"stage {name} finished (cache: {current.cache_state()}); MLflow run {current.run_id}")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import task
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact, SearchArtifact, Series
@@ -38,6 +37,7 @@ from ropelab.search.space import (
     seed_vectors,
 )
 from ropelab.tasks.caching import IDENTITY, code_version
+from ropelab.tasks.devices import device_task
 from ropelab.tasks.home import paths
 from ropelab.tasks.progress import progress_bar
 from ropelab.tasks.retries import out_of_memory_is_final, transient_only
@@ -173,7 +173,7 @@ def _save_state(state: SearchState, directory: Path) -> Generation:
                       float(np.median(fitness)), len(new), log, state.stopped_early, state.shortfall[-1])
 
 
-@task(name="search-init", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
+@device_task(name="search-init", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
 def search_init(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig) -> Generation:
     """The seeded initial population, evaluated (generation 0)."""
@@ -186,7 +186,7 @@ def search_init(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig) -> 
     return _save_state(state, search_dir(model, cfg))
 
 
-@task(name="search-generation", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
+@device_task(name="search-generation", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
 def search_generation(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, previous: Generation) -> Generation:
     """One generation from the previous state file (its hash is part of the cache key)."""
@@ -220,7 +220,7 @@ def exact_seed_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfi
         np.subtract(exact[k].rescale_factors, snapped[k].rescale_factors))))} for k, v, t in rows}
 
 
-@task(name="search-report", cache_policy=IDENTITY)
+@device_task(name="search-report", cache_policy=IDENTITY)
 def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig,
                   generations: list[Generation]) -> SearchArtifact:
     """Winner and seeds re-evaluated on held-out test windows; λ as JSON + CSV; HF export; λ-curve plot."""

@@ -7,15 +7,19 @@ create unlinked runs). Only the stage runner (``runner.py``) opens and ends runs
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
@@ -30,7 +34,23 @@ BATCH = 900  # MLflow's log_batch takes at most 1000 metrics
 
 
 def client() -> MlflowClient:
-    return MlflowClient(tracking_uri=paths().tracking_uri)
+    uri = paths().tracking_uri
+    if uri not in _READY_STORES:
+        create_store(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+_READY_STORES: set[str] = set()
+
+
+def create_store(uri: str) -> None:
+    """Create the store's tables once, under a lock: two processes opening a fresh SQLite store at the same
+    moment both run MLflow's migrations and the second dies with `table ... already exists`."""
+    lock = paths().mlflow_db.parent / ".create.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock), timeout=300):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _READY_STORES.add(uri)
 
 
 def experiment_id(name: str) -> str:
@@ -59,12 +79,35 @@ def flow_run_id() -> str:
     return str(flow_run.id or "none")
 
 
+# the deployment and schedule a run was started by (set by a deployment's entry flow; empty for CLI runs)
+_DEPLOYMENT: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "ropelab_deployment", default=(("ropelab.started_by", "cli"),))
+
+
+@contextlib.contextmanager
+def deployment_context(name: str, schedule: str):
+    """Every run opened inside carries the deployment's name and schedule ("manual" for `ropelab trigger`)."""
+    token = _DEPLOYMENT.set((("prefect.deployment", name), ("prefect.schedule", schedule),
+                             ("ropelab.started_by", "trigger" if schedule == "manual" else "schedule")))
+    try:
+        yield
+    finally:
+        _DEPLOYMENT.reset(token)
+
+
+def top_level_name(stage: str, config: RunConfig) -> str:
+    """Readable and distinct in the runs list: what ran, on which preset, when (a stage inside a pipeline is
+    named by its stage alone, under its parent)."""
+    return f"{stage}-{config.preset}-{time.strftime('%m%d-%H%M%S')}"
+
+
 def lineage_tags(stage: str, config: RunConfig, code_version: str, parent_run_id: str | None,
                  data_version: str | None, consumed: Mapping[str, str]) -> dict[str, str]:
     tags = {"ropelab.stage": stage, "ropelab.preset": config.preset, "prefect.flow_run_id": flow_run_id(),
             "ropelab.version": ropelab.__version__, "ropelab.code_version": code_version,
-            "git.commit": git_commit(paths().home), "data.version": data_version or "none", "mlflow.runName": stage}
-    tags |= {"ropelab.host": socket.gethostname(), "ropelab.pid": str(os.getpid())}
+            "git.commit": git_commit(paths().home), "data.version": data_version or "none",
+            "mlflow.runName": stage if parent_run_id else top_level_name(stage, config)}
+    tags |= {"ropelab.host": socket.gethostname(), "ropelab.pid": str(os.getpid())} | dict(_DEPLOYMENT.get())
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     tags |= {f"ropelab.consumed.{name}": run_id for name, run_id in consumed.items() if run_id}

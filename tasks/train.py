@@ -7,8 +7,6 @@ import shutil
 import time
 from pathlib import Path
 
-from prefect import task
-
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact
 from ropelab.config import FinetuneConfig
@@ -21,6 +19,7 @@ from ropelab.rope.export import export_hf
 from ropelab.rope.factors_io import read_rescale_spec
 from ropelab.rope.registry import RopeSpec
 from ropelab.tasks.caching import IDENTITY, code_version
+from ropelab.tasks.devices import device_task
 from ropelab.tasks.home import paths
 from ropelab.tasks.model import loss_curves
 from ropelab.tasks.progress import progress_bar
@@ -54,7 +53,7 @@ def lambda_identity(lam: Path | None) -> str:
     return identity.sha256_file(lam)[:16] if lam else ""
 
 
-@task(name="finetune", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
+@device_task(name="finetune", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
 def finetune_model(model: ModelArtifact, data: DataArtifact, cfg: FinetuneConfig, lam: Path | None,
                    lam_sha: str) -> ModelArtifact:

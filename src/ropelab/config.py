@@ -10,6 +10,7 @@ in ``metadata["doc"]`` (shown by ``ropelab config --explain``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import typing
 from dataclasses import dataclass, field
@@ -316,6 +317,55 @@ class PipelineConfig:
                                 "`ropelab clex` does; off: CLEX is compared with the LongRoPE stages only", True)
 
 
+def _cron(expression: str) -> str:
+    """A standard five-field cron line (what Prefect's scheduler takes), checked here so a typo is one line."""
+    if expression:
+        import cronsim  # the parser Prefect's own dependencies use; imported only when a schedule has a cron line
+
+        try:
+            cronsim.CronSim(expression, datetime.datetime(2026, 1, 1))
+        except cronsim.CronSimError as exc:
+            raise ValueError(f"not a valid cron line {expression!r}: {exc} (five fields: minute hour day month "
+                             "weekday, e.g. '0 3 * * *')") from None
+    return expression
+
+
+def _one_timing(entry: ScheduleConfig) -> ScheduleConfig:
+    if bool(entry.cron) == bool(entry.interval):
+        raise ValueError(f"schedule {entry.name!r}: set exactly one of cron (e.g. '0 3 * * *') and interval "
+                         "(seconds)")
+    return entry
+
+
+ScheduleFlow = Literal["pipeline", "search", "finetune", "clex", "evaluate", "data", "base"]
+Cron = Annotated[str, AfterValidator(_cron)]
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """One deployment served by `ropelab serve`: which flow, on which config, when."""
+
+    __pydantic_config__ = STRICT
+
+    name: Name = doc("deployment name (`ropelab trigger NAME` starts a run of it)")
+    flow: ScheduleFlow = doc("the flow it runs: pipeline, search, finetune, clex, evaluate, data or base", "pipeline")
+    config: str = doc("preset name or YAML file of the runs (empty: the config that holds this schedule)", "")
+    overrides: tuple[str, ...] = doc("--set KEY=VALUE overrides applied to every run of it", ())
+    cron: Cron = doc("cron line in UTC, e.g. '0 3 * * *' (nightly at 03:00); or set interval", "")
+    interval: NonNegative = doc("seconds between runs (0: use cron)", 0)
+
+
+Schedule = Annotated[ScheduleConfig, AfterValidator(_one_timing)]
+
+
+def _unique_names(entries: tuple[ScheduleConfig, ...]) -> tuple[ScheduleConfig, ...]:
+    names = [e.name for e in entries]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"schedule names must be unique, repeated: {', '.join(repeated)}")
+    return entries
+
+
 @dataclass(frozen=True)
 class RunConfig:
     __pydantic_config__ = STRICT
@@ -330,6 +380,8 @@ class RunConfig:
     finetune: FinetuneConfig = doc("fine-tuning with a fixed RoPE at a longer length", default_factory=FinetuneConfig)
     pipeline: PipelineConfig = doc("the progressive LongRoPE recipe", default_factory=PipelineConfig)
     clex: ClexConfig = doc("CLEX: neural-ODE continuous RoPE scaling", default_factory=ClexConfig)
+    schedules: Annotated[tuple[Schedule, ...], AfterValidator(_unique_names)] = doc(
+        "deployments `ropelab serve` registers: name, flow, config, overrides, cron or interval", ())
 
 
 # ------------------------------------------------------------------ loading

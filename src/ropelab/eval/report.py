@@ -49,7 +49,9 @@ class PipelineOutcome:
                    "headline/change_at_L": self.headline.short_change,
                    **{f"minutes/{name}": seconds / 60 for name, seconds in self.durations}}
         files = ((self.report_dir / "summary.md", ""), (self.report_dir / "every_stage_ppl_vs_length.png", "plots"))
-        return Record(metrics, tags={"export.path": str(self.export.path)}, files=files if self.report_dir else ())
+        # the MLflow run's description (mlflow.note.content) is the summary: the headline first, readable in the UI
+        tags = {"export.path": str(self.export.path), "mlflow.note.content": self.summary}
+        return Record(metrics, tags=tags, files=files if self.report_dir else ())
 
 
 def comparison_markdown(tables: Mapping[str, Mapping[int, float]], cfg: RunConfig, caption: str) -> str:

@@ -1,0 +1,34 @@
+"""The flow commands (`ropelab search`, …, and the flows a deployment runs) and how one is run as a top-level run.
+
+Kept free of heavy imports: the CLI reads ``FLOWS`` to build its parser before anything starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+FLOWS = {  # command -> (module, flow function, help)
+    "data": ("ropelab.flows.data", "data_flow", "assemble the corpus and version it with DVC"),
+    "base": ("ropelab.flows.base", "base_flow", "pretrain the embedded tiny base model (or check a user's model)"),
+    "search": ("ropelab.flows.search", "search_flow", "LongRoPE evolutionary search of λ at search.scale"),
+    "finetune": ("ropelab.flows.finetune", "finetune_flow", "fine-tune with a fixed RoPE (λ file or baseline) at a longer length"),
+    "clex": ("ropelab.flows.clex", "clex_flow", "train CLEX (neural-ODE RoPE scaling) and compare it with a PI fine-tune"),
+    "pipeline": ("ropelab.flows.pipeline", "pipeline_flow", "the progressive LongRoPE recipe and CLEX end to end"),
+    "evaluate": ("ropelab.flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
+}
+SINGLE_STAGE = ("data", "base")  # one MLflow run each: nothing to nest
+
+
+def run_command(command: str, cfg, rerun_from: str | None = None):
+    """Run a flow command. A command that runs its upstream stages too (search, finetune, clex, evaluate) opens
+    one top-level MLflow run with those stages nested under it, as the pipeline does."""
+    module, name, _ = FLOWS[command]
+    target = getattr(importlib.import_module(module), name)
+    if command == "pipeline":
+        return target(cfg, rerun_from=rerun_from)
+    if command in SINGLE_STAGE:
+        return target(cfg)
+    from ropelab.tasks import runner
+
+    with runner.stage(command, cfg) as parent:
+        return target(cfg, parent.run_id)
