@@ -11,6 +11,7 @@ from ropelab.artifacts import DataArtifact, EvalArtifact, ModelArtifact
 from ropelab.config import RunConfig
 from ropelab.errors import RopelabError
 from ropelab.flows.base import upstream
+from ropelab.rope.factors_io import recorded_factor
 from ropelab.tasks import runner
 from ropelab.tasks.evaluate import evaluate_zoo
 
@@ -20,6 +21,8 @@ def lambda_files(paths) -> tuple[tuple[Path, str], ...]:
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         raise RopelabError(f"eval.rescale_factor_files: no such file {', '.join(missing)}")
+    for p in paths:  # a λ file without its factor is refused before any stage, never guessed
+        recorded_factor(p)
     return tuple((Path(p), identity.sha256_file(Path(p))[:16]) for p in paths)
 
 

@@ -14,12 +14,13 @@ from ropelab.atomic import staged_directory
 from ropelab.config import EvalConfig
 from ropelab.data.corpus import CorpusReader
 from ropelab.eval import zoo
-from ropelab.eval.passkey import min_prompt_length
-from ropelab.eval.perplexity import sliding_stretches, truncated_windows
-from ropelab.eval.plots import plot_passkey_heatmap, plot_ppl_vs_length
+from ropelab.eval.passkey import cells as passkey_cells
+from ropelab.eval.passkey import control_cell, min_prompt_length
+from ropelab.eval.perplexity import bos_placement, choose_documents, sliding_set, truncated_windows
+from ropelab.eval.plots import display_name, plot_passkey_heatmap, plot_ppl_vs_length
 from ropelab.models import load_model
 from ropelab.rope.adapter import rope_basics
-from ropelab.rope.factors_io import read_rescale_spec
+from ropelab.rope.factors_io import lambda_labels, read_rescale_spec
 from ropelab.rope.registry import RopeSpec
 from ropelab.tasks.caching import IDENTITY
 from ropelab.tasks.devices import device_task
@@ -28,27 +29,31 @@ from ropelab.tasks.progress import progress_bar
 from ropelab.tasks.retries import transient_only
 
 
-def lambda_methods(files, basics, max_length: int) -> dict:
-    """Zoo entries for λ files: longrope with the file's factor (else the largest evaluated ratio)."""
-    return {f"lambda:{Path(name).parent.parent.name}-{Path(name).stem}": zoo.fixed(read_rescale_spec(
-        name, head_dim=basics.head_dim, base=basics.base,
-        original_max_position_embeddings=basics.original_max_position_embeddings,
-        default_factor=max_length / basics.original_max_position_embeddings)) for name in files}
+def lambda_methods(files, basics) -> dict:
+    """Zoo entries for λ files: longrope with the factor each file records (a file without one is an error),
+    named by the stage the file records (``lambda_labels``: never by a hash, never two files under one name)."""
+    specs = [read_rescale_spec(name, head_dim=basics.head_dim, base=basics.base,
+                               original_max_position_embeddings=basics.original_max_position_embeddings)
+             for name in files]
+    return {f"lambda:{label}": zoo.fixed(spec) for label, spec in zip(lambda_labels(files), specs, strict=True)}
 
 
-def held_out_windows(reader, tokenizer, cfg: EvalConfig, lengths) -> dict[int, torch.Tensor]:
-    """Windows per length from the held-out split: truncated windows, or sliding stretches of twice the
-    window (so every window after the first scores `stride` new tokens)."""
+def held_out_windows(reader, tokenizer, cfg: EvalConfig, lengths) -> dict:
+    """Per length, from the held-out split: truncated windows, or (sliding) the same whole documents of at
+    least the longest length, each prepared for windows of that length."""
     docs = [tokenizer.encode(d.text) for d in reader.documents(cfg.split, "evaluate")]
-    make, span = ((truncated_windows, 1) if cfg.protocol == "truncated" else (sliding_stretches, 2))
-    return {n: make(docs, span * n, cfg.num_windows, tokenizer.bos_token_id, torch.Generator().manual_seed(cfg.seed))
-            for n in lengths}
+    bos = tokenizer.bos_token_id
+    if cfg.protocol == "truncated":
+        return {n: truncated_windows(docs, n, cfg.num_windows, bos, torch.Generator().manual_seed(cfg.seed))
+                for n in lengths}
+    chosen = choose_documents(docs, max(lengths), cfg.num_windows, torch.Generator().manual_seed(cfg.seed))
+    return {n: sliding_set(chosen, n, cfg.stride, bos, cfg.sliding_bos) for n in lengths}
 
 
 def zoo_methods(loaded, model: ModelArtifact, cfg: EvalConfig, basics, lengths, lambda_files, settings) -> dict:
     methods = {name: zoo.native(loaded, model.path) if name == "native" else zoo.baseline(name)
                for name in cfg.methods}
-    methods.update(lambda_methods([path for path, _ in lambda_files], basics, max(lengths)))
+    methods.update(lambda_methods([path for path, _ in lambda_files], basics))
     for name, pair in (settings or {}).items():
         short = RopeSpec.from_dict(pair["short"]) if pair.get("short") else None
         methods[name] = zoo.fixed(RopeSpec.from_dict(pair["long"]), short)
@@ -71,7 +76,7 @@ def evaluate_zoo(model: ModelArtifact, data: DataArtifact, cfg: EvalConfig,
     start = time.monotonic()
     with progress_bar() as bar:
         job = bar.add_task("perplexity grid", total=len(methods) * len(lengths), status="")
-        cells = zoo.evaluate_ppl_grid(loaded, basics, methods, windows, protocol=cfg.protocol, stride=cfg.stride,
+        cells = zoo.evaluate_ppl_grid(loaded, basics, methods, windows, bos=bos_placement(tokenizer.bos_token_id),
                                       on_cell=lambda c: bar.update(job, advance=1, status=f"{c.method} @ "
                                                                    f"{c.result.length}: {c.result.ppl:.3f}"))
         passkey = passkey_grid(loaded, tokenizer, basics, methods, lengths, cfg, bar)
@@ -84,28 +89,63 @@ def evaluate_zoo(model: ModelArtifact, data: DataArtifact, cfg: EvalConfig,
 
 
 def passkey_grid(loaded, tokenizer, basics, methods, lengths, cfg: EvalConfig, bar) -> dict:
+    """The passkey grid and its positive control (``zoo.evaluate_passkey_grid``) at the lengths that hold it."""
     passkey_lengths = [n for n in lengths if n >= min_prompt_length(tokenizer)]  # shorter ones can't hold it
     if not cfg.passkey_trials or not passkey_lengths:
         return {}
-    trials = len(methods) * len(passkey_lengths) * len(cfg.passkey_depths) * cfg.passkey_trials
+    trials = len(methods) * (len(passkey_lengths) * len(cfg.passkey_depths) + 1) * cfg.passkey_trials
     job = bar.add_task("passkey grid", total=trials, status="")
     return zoo.evaluate_passkey_grid(loaded, tokenizer, basics, methods, passkey_lengths, cfg.passkey_depths,
                                      cfg.passkey_trials, torch.Generator().manual_seed(cfg.seed),
                                      on_trial=lambda m, r: bar.update(job, advance=1, status=f"{m} @ {r.length}"))
 
 
+def ppl_caption(cells, cfg: EvalConfig, basics, data_md5: str) -> str:
+    """Names the protocol as it ran (windows or whole documents, stride, where BOS went) and how much text."""
+    protocols = "; ".join(sorted({c.result.protocol_words for c in cells}))
+    amount = "whole documents" if cfg.protocol == "sliding" else "windows per length"
+    return (f"Perplexity on {cfg.num_windows} held-out {cfg.split} {amount}: {protocols}; "
+            f"L = {basics.original_max_position_embeddings}; data {data_md5[:8]}. Best per length in bold.")
+
+
+def passkey_caption(cfg: EvalConfig) -> str:
+    return (f"Passkey retrieval (LongRoPE/YaRN prompt, keys 1..50000, greedy 10 tokens): accuracy [Wilson 95% "
+            f"interval] correct/trials over depths {', '.join(f'{d:g}' for d in cfg.passkey_depths)}, "
+            f"{cfg.passkey_trials} trials per (length, depth). Control: the needle right before the question at "
+            "the shortest length; if it fails, the model does not retrieve at all and zeros elsewhere say nothing "
+            "about the extension.")
+
+
 def write_report(out: Path, cells, table, passkey, cfg: EvalConfig, basics, data_md5: str, title: str) -> dict:
-    caption = (f"Perplexity on {cfg.num_windows} held-out {cfg.split} windows per length, protocol {cfg.protocol}"
-               + (f" (stride {cfg.stride})" if cfg.protocol == "sliding" else "")
-               + f"; L = {basics.original_max_position_embeddings}; data {data_md5[:8]}. Best per length in bold.")
-    (out / "zoo.md").write_text(zoo.markdown_table(table, caption))
+    markdown = zoo.markdown_table(table, ppl_caption(cells, cfg, basics, data_md5))
+    if passkey:
+        markdown += "\n" + zoo.passkey_markdown(passkey, passkey_caption(cfg))
+    (out / "zoo.md").write_text(markdown)
     (out / "zoo.csv").write_text(zoo.csv_rows(cells, {"data_version": data_md5, "split": cfg.split}))
-    plot_ppl_vs_length(table, out / "ppl_vs_length.png", f"perplexity vs length ({title} model)",
+    protocol = cells[0].result.protocol_words if cells else cfg.protocol
+    plot_ppl_vs_length(table, out / "ppl_vs_length.png", f"perplexity vs length: {title} model\n{protocol}",
                        basics.original_max_position_embeddings)
+    for method, results in passkey.items():
+        plot_passkey_heatmap(passkey_cells([r for r in results if not r.control]), control_cell(results),
+                             out / f"passkey_{safe_file_name(method)}.png",
+                             f"passkey retrieval: {display_name(method)} ({title} model)")
     accuracy = zoo.passkey_tables(passkey)
-    for method, acc in accuracy.items():
-        plot_passkey_heatmap(acc, out / f"passkey_{method.replace(':', '_')}.png", f"passkey retrieval: {method}")
     flat = {m: {str(n): {str(d): a for d, a in row.items()} for n, row in acc.items()} for m, acc in accuracy.items()}
-    (out / "passkey.json").write_text(json.dumps(
-        {"accuracy": flat, "trials": {m: [r.to_dict() for r in rs] for m, rs in passkey.items()}}, indent=2))
+    (out / "passkey.json").write_text(json.dumps(passkey_json(passkey, flat), indent=2))
     return flat
+
+
+def safe_file_name(method: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in method)
+
+
+def passkey_json(passkey: dict, flat: dict) -> dict:
+    """Accuracy per cell (as before), the cells with trials and intervals, the control, every trial."""
+    def control(results):
+        cell = control_cell(results)
+        return cell.to_dict() if cell else None
+
+    return {"accuracy": flat,
+            "cells": {m: [c.to_dict() for c in passkey_cells([r for r in rs if not r.control])] for m, rs in passkey.items()},
+            "control": {m: control(rs) for m, rs in passkey.items()},
+            "trials": {m: [r.to_dict() for r in rs] for m, rs in passkey.items()}}

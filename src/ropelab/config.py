@@ -168,7 +168,8 @@ class TrainConfig:
 class EvalConfig:
     __pydantic_config__ = STRICT
 
-    num_windows: Positive = doc("held-out windows per length, chosen by a seeded generator (≥ 8: fewer overfit)", 8)
+    num_windows: Positive = doc("held-out windows per length (truncated), or whole documents (sliding: the same "
+                                "documents at every length), chosen by a seeded generator (≥ 8: fewer overfit)", 8)
     seed: Int = doc("seed of the window choice and passkey keys", 0)
     split: Split = doc("held-out split for reported numbers: test (default) or validation", "test")
     length_multipliers: tuple[Positive, ...] = doc("evaluation lengths as multiples of the original length L",
@@ -179,8 +180,13 @@ class EvalConfig:
     rescale_factor_files: tuple[str, ...] = doc("λ files (from a search) evaluated next to the baselines", ())
     protocol: PplProtocol = doc("perplexity protocol: truncated (one window per segment) or sliding", "truncated")
     stride: Positive = doc("sliding protocol: stride S in tokens (references use 256)", 256)
+    sliding_bos: Literal["every_window", "first_window"] = doc(
+        "sliding protocol: BOS on every window (the YaRN and LongRoPE evaluators) or once before each document "
+        "(the transformers perplexity guide); a tokenizer without BOS gets none either way", "every_window")
     passkey_depths: tuple[Probability, ...] = doc("passkey needle depths (fractions of the filler)", (0.1, 0.5, 0.9))
-    passkey_trials: NonNegative = doc("passkey prompts per (length, depth); 0 disables passkey", 1)
+    passkey_trials: NonNegative = doc("passkey prompts (keys 1..50000) per (length, depth) and for the positive "
+                                      "control; accuracy is reported with a Wilson 95% interval; 0 disables "
+                                      "passkey", 5)
     original_length: NonNegative = doc("the model's original context length L, from which the evaluation lengths "
                                        "are multiples (0: from its config; set it for a PI export, whose config "
                                        "records only the extended length)", 0)

@@ -7,7 +7,7 @@ import torch
 
 from ropelab.errors import RopelabError
 from ropelab.eval import zoo
-from ropelab.eval.perplexity import truncated_windows
+from ropelab.eval.perplexity import sliding_set, truncated_windows
 from ropelab.rope.adapter import rope_basics
 from ropelab.rope.registry import RopeSpec
 
@@ -101,31 +101,62 @@ def test_extension_headline_reads_rows_with_int_or_json_string_lengths():
         zoo.extension_headline(base, final, 256, 4096)
 
 
+def sliding_data(docs, lengths, stride):
+    return {n: sliding_set(docs, n, stride, 256) for n in lengths}
+
+
 def test_settings_that_compute_the_same_rope_share_one_evaluation(setup):
     """At L every baseline at scale 1 is the unscaled RoPE; with windows of exactly n tokens dynamic NTK is NTK at
-    n/L. Each is evaluated once. Where forwards vary in length (sliding windows), dynamic keeps its own."""
+    n/L. Each is evaluated once. Where forwards vary in length (sliding windows, the last one shorter), dynamic
+    keeps its own beyond L (at L every window is ≤ L: unscaled, shared)."""
     model, basics, windows = setup
     names = ("none", "pi", "ntk", "dynamic")
+    docs = [torch.randint(0, 256, (5 * L,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(2)]
     forwards = []
     hook = model.register_forward_pre_hook(lambda *_: forwards.append(1))
     try:
-        def count(methods, lengths, protocol="truncated"):
+        def count(methods, data):
             forwards.clear()
-            cells = zoo.evaluate_ppl_grid(model, basics, methods, {n: windows[n] for n in lengths},
-                                          protocol=protocol, stride=L // 2)
-            return len(forwards), zoo.ppl_table(cells)
+            zoo.evaluate_ppl_grid(model, basics, methods, data)
+            return len(forwards)
 
-        unit = {(n, p): count({"none": zoo.baseline("none")}, [n], p)[0]
-                for n in (L, 2 * L, 4 * L) for p in ("truncated", "sliding")}
-        truncated, table = count({n: zoo.baseline(n) for n in names}, [L, 2 * L, 4 * L])
-        sliding, _ = count({n: zoo.baseline(n) for n in names}, [L, 2 * L, 4 * L], "sliding")
+        def table(methods, data):
+            return zoo.ppl_table(zoo.evaluate_ppl_grid(model, basics, methods, data))
+
+        truncated = {n: {n: windows[n]} for n in (L, 2 * L, 4 * L)}
+        sliding = {n: sliding_data(docs, [n], L // 2) for n in (L, 2 * L, 4 * L)}
+        unit = {(n, p): count({"none": zoo.baseline("none")}, data[n])
+                for p, data in (("truncated", truncated), ("sliding", sliding)) for n in (L, 2 * L, 4 * L)}
+        every = {n: zoo.baseline(n) for n in names}
+        truncated_all = count(every, {n: windows[n] for n in (L, 2 * L, 4 * L)})
+        sliding_all = count(every, sliding_data(docs, [L, 2 * L, 4 * L], L // 2))
+        result = table(every, {n: windows[n] for n in (L, 2 * L, 4 * L)})
     finally:
         hook.remove()
-    assert truncated == unit[L, "truncated"] + 3 * unit[2 * L, "truncated"] + 3 * unit[4 * L, "truncated"]
-    assert sliding == 2 * unit[L, "sliding"] + 4 * unit[2 * L, "sliding"] + 4 * unit[4 * L, "sliding"]
-    assert all(table[m][L] == table["none"][L] for m in names)
-    assert all(table["dynamic"][n] == table["ntk"][n] for n in (2 * L, 4 * L))
-    assert table["pi"][2 * L] != table["ntk"][2 * L]  # different RoPEs are still evaluated apart
+    assert truncated_all == unit[L, "truncated"] + 3 * unit[2 * L, "truncated"] + 3 * unit[4 * L, "truncated"]
+    assert sliding_all == unit[L, "sliding"] + 4 * unit[2 * L, "sliding"] + 4 * unit[4 * L, "sliding"]
+    assert all(result[m][L] == result["none"][L] for m in names)
+    assert all(result["dynamic"][n] == result["ntk"][n] for n in (2 * L, 4 * L))
+    assert result["pi"][2 * L] != result["ntk"][2 * L]  # different RoPEs are still evaluated apart
+
+
+def test_a_sliding_window_within_L_keeps_a_short_set_apart_from_its_long_only_twin(setup):
+    """The reproduced bug (262.16643 vs 262.16688): at 2L the last sliding window of a document can be ≤ L
+    tokens, where the short set is in force, so long+short is not long alone there."""
+    model, basics, _ = setup
+    long = RopeSpec("linear", basics.head_dim, basics.base, factor=4.0)
+    short = RopeSpec("linear", basics.head_dim, basics.base, factor=1.5)
+    docs = [torch.randint(0, 256, (70,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(2)]
+    data = sliding_data(docs, [2 * L], 48)  # windows [0, 63) and [48, 70): BOS + 22 tokens
+    assert min(data[2 * L].forward_lengths()) <= L < max(data[2 * L].forward_lengths())
+    both = zoo.ppl_table(zoo.evaluate_ppl_grid(model, basics, {"long": zoo.fixed(long),
+                                                               "long+short": zoo.fixed(long, short)}, data))
+    alone = zoo.ppl_table(zoo.evaluate_ppl_grid(model, basics, {"long+short": zoo.fixed(long, short)}, data))
+    assert both["long+short"][2 * L] == alone["long+short"][2 * L] != both["long"][2 * L]
+    full = sliding_data([d[: 2 * L - 1] for d in docs], [2 * L], 48)  # one full window each: never ≤ L
+    shared = zoo.ppl_table(zoo.evaluate_ppl_grid(model, basics, {"long": zoo.fixed(long),
+                                                                 "long+short": zoo.fixed(long, short)}, full))
+    assert shared["long+short"][2 * L] == shared["long"][2 * L]
 
 
 def test_a_setting_that_can_still_switch_is_shared_only_at_an_exact_length(setup):
@@ -134,8 +165,11 @@ def test_a_setting_that_can_still_switch_is_shared_only_at_an_exact_length(setup
     short = RopeSpec("linear", basics.head_dim, basics.base, factor=1.5)
     a, b = (RopeSpec("linear", basics.head_dim, basics.base, factor=f) for f in (4.0, 8.0))
     key = zoo.effective_setting
-    assert key((a, short), L, basics, exact_length=True) == key((b, short), L, basics, exact_length=True)
+    assert key((a, short), L, basics, forward_lengths=[L]) == key((b, short), L, basics, forward_lengths=[L])
     assert key((a, short), L, basics) != key((b, short), L, basics)
-    for exact in (True, False):  # beyond L the short set is never used again
-        assert key((a, short), 2 * L, basics, exact_length=exact) == key((a, None), 2 * L, basics, exact_length=exact)
-        assert key((a, None), 2 * L, basics, exact_length=exact) != key((b, None), 2 * L, basics, exact_length=exact)
+    for exact in ([2 * L], None):  # beyond L the short set is never used again
+        assert key((a, short), 2 * L, basics, forward_lengths=exact) == key((a, None), 2 * L, basics, forward_lengths=exact)
+        assert key((a, None), 2 * L, basics, forward_lengths=exact) != key((b, None), 2 * L, basics, forward_lengths=exact)
+    # a protocol with a forward of ≤ L tokens (a short last sliding window) uses the short set there
+    assert key((a, short), 2 * L, basics, forward_lengths=[L, 2 * L]) != key((a, None), 2 * L, basics,
+                                                                           forward_lengths=[L, 2 * L])

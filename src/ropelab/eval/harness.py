@@ -28,7 +28,10 @@ def _require_lm_eval():
 
 @torch.no_grad()
 def continuation_logprob(model, context: list[int], continuation: list[int]) -> tuple[float, bool]:
-    """(sum of log p(continuation | context), whether greedy decoding would produce it)."""
+    """(sum of log p(continuation | context), whether greedy decoding would produce it); ``context`` holds at
+    least one token (``context_ids``)."""
+    if not context:
+        raise RopelabError("scoring a continuation needs at least one context token (BOS, or EOS without one)")
     device = next(model.parameters()).device
     ids = torch.tensor([context + continuation], device=device)
     logprobs = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0, len(context) - 1: -1].float(), dim=-1)
@@ -36,20 +39,36 @@ def continuation_logprob(model, context: list[int], continuation: list[int]) -> 
     return float(logprobs.gather(1, target[:, None]).sum()), bool((logprobs.argmax(-1) == target).all())
 
 
+def prefix_token(tokenizer) -> int:
+    """The token an empty context is conditioned on: BOS, else EOS (lm-eval's HFLM ``prefix_token_id`` rule;
+    Qwen2 has no BOS)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise RopelabError("the tokenizer has neither a BOS nor an EOS token: an empty context cannot be scored")
+    return token
+
+
+def context_ids(tokenizer, text: str) -> list[int]:
+    """A request's context as the model sees it: BOS + text (a tokenizer with BOS), the text alone (without),
+    and never empty (the prefix token when there is no text)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return (bos + tokenizer.encode(text)) or [prefix_token(tokenizer)]
+
+
 def harness_lm(model, tokenizer, max_gen_tokens: int = 64):
     LM = _require_lm_eval()
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
     class RopelabLM(LM):
         def loglikelihood(self, requests):
             out = []
             for request in requests:
                 context, continuation = request.args
-                out.append(continuation_logprob(model, bos + tokenizer.encode(context), tokenizer.encode(continuation)))
+                out.append(continuation_logprob(model, context_ids(tokenizer, context), tokenizer.encode(continuation)))
             return out
 
         def loglikelihood_rolling(self, requests):
-            return [continuation_logprob(model, bos, tokenizer.encode(r.args[0]))[0] for r in requests]
+            return [continuation_logprob(model, [prefix_token(tokenizer)], tokenizer.encode(r.args[0]))[0]
+                    for r in requests]
 
         def generate_until(self, requests):
             from ropelab.eval.passkey import greedy_continuation
@@ -57,7 +76,7 @@ def harness_lm(model, tokenizer, max_gen_tokens: int = 64):
             results = []
             for request in requests:
                 context, kwargs = request.args
-                text = tokenizer.decode(greedy_continuation(model, bos + tokenizer.encode(context),
+                text = tokenizer.decode(greedy_continuation(model, context_ids(tokenizer, context),
                                                             int(kwargs.get("max_gen_toks", max_gen_tokens))))
                 for stop in kwargs.get("until", []):
                     text = text.split(stop)[0]

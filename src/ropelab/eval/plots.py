@@ -15,66 +15,93 @@ def _pyplot():
     return plt
 
 
+def display_name(series: str) -> str:
+    """A series name as a legend shows it: the zoo's "lambda:extend-4x" (a metric-safe key) as "λ extend-4x"."""
+    return series.replace("lambda:", "λ ")
+
+
 def plot_effective_scale(curves: Mapping[str, Sequence[float]], path: str | Path, title: str) -> Path:
     """Per-dimension effective scale θ_i / inv_freq_i, one line per method (log y)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, values in curves.items():
-        ax.plot(range(len(values)), list(values), label=name, linewidth=1.6)
+        ax.plot(range(len(values)), list(values), label=display_name(name), linewidth=1.6)
     ax.set_yscale("log")
     ax.set_xlabel("rotary dimension i (0 = highest frequency)")
     ax.set_ylabel("effective scale θᵢ / inv_freqᵢ (λᵢ)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    _legend_beside(ax)
     return _save(fig, path, plt)
 
 
 def plot_ppl_vs_length(curves: Mapping[str, Mapping[int, float]], path: str | Path, title: str,
                        original_length: int | None = None) -> Path:
     """Perplexity against evaluation length, one line per method, log y (and log x)."""
+    return _save(ppl_figure(curves, title, original_length), path, _pyplot())
+
+
+def ppl_figure(curves: Mapping[str, Mapping[int, float]], title: str, original_length: int | None = None):
+    """The figure of ``plot_ppl_vs_length``: the evaluated lengths as x ticks, the legend beside the axes."""
     plt = _pyplot()
+    from matplotlib.ticker import NullLocator
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, by_length in curves.items():
         lengths = sorted(by_length)
-        ax.plot(lengths, [by_length[n] for n in lengths], marker="o", label=name, linewidth=1.6)
+        ax.plot(lengths, [by_length[n] for n in lengths], marker="o", label=display_name(name), linewidth=1.6)
     if original_length:
         ax.axvline(original_length, color="grey", linestyle=":", label=f"pretrained length {original_length}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    evaluated = sorted({n for by_length in curves.values() for n in by_length})
+    ax.set_xticks(evaluated, [str(n) for n in evaluated])  # the evaluated lengths, not powers of two
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("evaluation length (tokens)")
     ax.set_ylabel("perplexity")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    return _save(fig, path, plt)
+    _legend_beside(ax)
+    return fig
 
 
-def plot_passkey_heatmap(table: Mapping[int, Mapping[float, float]], path: str | Path, title: str) -> Path:
-    """Passkey accuracy by length (rows) × needle depth (columns)."""
+def plot_passkey_heatmap(cells: Sequence, control, path: str | Path, title: str) -> Path:
+    """Passkey accuracy by length (rows) × needle depth (columns), each cell annotated with correct/trials;
+    the positive control (needle right before the question) under the title. ``cells``: PasskeyCell-like
+    (length, depth, correct, trials, accuracy); ``control``: one such cell or None."""
     plt = _pyplot()
-    lengths = sorted(table)
-    depths = sorted({d for row in table.values() for d in row})
-    grid = [[table[n].get(d, float("nan")) for d in depths] for n in lengths]
-    fig, ax = plt.subplots(figsize=(1.2 * len(depths) + 3, 0.5 * len(lengths) + 2))
+    lengths = sorted({c.length for c in cells})
+    depths = sorted({c.depth for c in cells})
+    by_key = {(c.length, c.depth): c for c in cells}
+    grid = [[by_key[n, d].accuracy if (n, d) in by_key else float("nan") for d in depths] for n in lengths]
+    fig, ax = plt.subplots(figsize=(1.3 * len(depths) + 3, 0.55 * len(lengths) + 2.2))
     image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
     ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths])
     ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
-    for i, row in enumerate(grid):
-        for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.0%}", ha="center", va="center", fontsize=9)
+    for i, n in enumerate(lengths):
+        for j, d in enumerate(depths):
+            if (n, d) in by_key:
+                c = by_key[n, d]
+                ax.text(j, i, f"{c.accuracy:.0%}\n{c.correct}/{c.trials}", ha="center", va="center", fontsize=8)
     ax.set_xlabel("needle depth")
     ax.set_ylabel("prompt length (tokens)")
-    ax.set_title(title)
+    note = (f"control (needle before the question, {control.length} tokens): {control.correct}/{control.trials}"
+            if control is not None else "no control trials")
+    ax.set_title(f"{title}\n{note}", fontsize=10)
     fig.colorbar(image, ax=ax, label="accuracy")
     return _save(fig, path, plt)
+
+
+def _legend_beside(ax) -> None:
+    """The legend outside the axes, right of them: it never covers a curve (saved with a tight bounding box)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
 
 
 def _save(fig, path: str | Path, plt) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # tight: the legend beside the axes is kept
     plt.close(fig)
     return path
 
@@ -95,7 +122,7 @@ def plot_search_curves(seeds: Mapping[str, Sequence[float]], best_per_generation
     ax.set_ylabel("rescale factor λᵢ")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_beside(ax)
     return _save(fig, path, plt)
 
 
@@ -117,5 +144,5 @@ def plot_clex_basis(learned: Mapping[int, Sequence[float]], ntk: Mapping[int, Se
     ax.set_ylabel("inverse frequency (dashed: NTK-style, α = 2t − 1)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_beside(ax)
     return _save(fig, path, plt)

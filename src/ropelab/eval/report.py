@@ -56,11 +56,19 @@ class PipelineOutcome:
 
 def comparison_markdown(tables: Mapping[str, Mapping[int, float]], cfg: RunConfig, caption: str) -> str:
     lengths = sorted({int(n) for row in tables.values() for n in row})
-    lines = [f"{caption} ({cfg.eval.num_windows} {cfg.eval.split} windows, {cfg.eval.protocol})", "",
+    lines = [f"{caption} ({protocol_words(cfg.eval)})", "",
              "| model | " + " | ".join(map(str, lengths)) + " |", "|---|" + "---:|" * len(lengths)]
     for name, row in tables.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[n]:.3f}" if n in row else "–" for n in lengths) + " |")
     return "\n".join(lines) + "\n"
+
+
+def protocol_words(e) -> str:
+    """The PPL protocol of an eval config in words: how much text, which windows, where BOS went."""
+    if e.protocol == "truncated":
+        return f"{e.num_windows} {e.split} windows per length, truncated, BOS first where the tokenizer has one"
+    bos = "BOS on every window" if e.sliding_bos == "every_window" else "BOS before each document only"
+    return f"{e.num_windows} whole {e.split} documents, sliding windows, stride {e.stride}, {bos}"
 
 
 def clex_caption(cfg: RunConfig) -> str:
@@ -118,5 +126,6 @@ def pipeline_report(cfg: RunConfig, outcome: PipelineOutcome, durations, out: Pa
     summary = pipeline_summary(cfg, outcome, zoos)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(summary)
-    plot_ppl_vs_length(rows, out / "every_stage_ppl_vs_length.png", "every stage: PPL vs length", L)
+    plot_ppl_vs_length(rows, out / "every_stage_ppl_vs_length.png",
+                       f"held-out PPL of every stage's output (model:method)\n{protocol_words(cfg.eval)}", L)
     return dataclasses.replace(outcome, summary=summary)

@@ -2,21 +2,31 @@
 
 Baselines are set for each evaluation length n with the scale s = max(1, n / L) (each method configured to
 extend to that length); dynamic NTK is one setting for all lengths (factor 1: s_eff = l / L); a λ set from a
-search is fixed. Every number carries method, length, protocol and window count.
+search is fixed. Every number carries method, length, protocol (with its stride and BOS placement) and window
+count; every passkey cell its trials, a Wilson interval, and the positive control beside it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ropelab.errors import RopelabError
-from ropelab.eval.passkey import PasskeyResult, accuracy_table, passkey_trial, random_key
-from ropelab.eval.perplexity import PerplexityResult, perplexity, sliding_perplexity
+from ropelab.eval.passkey import (
+    CONTROL_DEPTH,
+    PasskeyResult,
+    accuracy_table,
+    cells_by_length,
+    check_scorer,
+    control_cell,
+    passkey_trial,
+    random_key,
+)
+from ropelab.eval.perplexity import PerplexityResult, SlidingSet, perplexity, sliding_perplexity
 from ropelab.rope.adapter import RopeBasics, specs_from_config
 from ropelab.rope.modules import install_rope, install_rotary, rotary_for, uninstall_rope
 from ropelab.rope.registry import RopeSpec
@@ -67,24 +77,33 @@ def native(model, path) -> Callable[[int, RopeBasics], Setting]:
     return fixed(*specs_from_config(model.config))
 
 
-def effective_setting(setting: Setting, length: int, basics: RopeBasics, *, exact_length: bool = False) -> tuple | None:
+def _rope_at(module, length: int) -> tuple:
+    inv_freq, attention = module.frequencies(length)
+    return inv_freq.numpy().tobytes(), float(attention), module.select(length).start_tokens
+
+
+def effective_setting(setting: Setting, length: int, basics: RopeBasics, *,
+                      forward_lengths: Collection[int] | None = None) -> tuple | None:
     """What the model computes with for inputs of this length, as a comparable key: the frequencies, attention
     factor and n̂ that the installed rotary module uses for them. So settings that differ only where they are not
     used share one evaluation: a short set only matters up to L (the progressive λ with and without recovery
     factors are the same RoPE beyond L), and at L every baseline at scale 1 is the unscaled RoPE.
 
-    A setting whose RoPE can still change as a sequence of this length grows (dynamic NTK; a short set up to L,
-    which gives way to the long set beyond it) only stands for others when every forward has exactly ``length``
-    positions (``exact_length``: the truncated PPL protocol; not generation or sliding windows). None for a
-    rotary module (CLEX): never shared."""
+    ``forward_lengths``: the exact lengths of every forward pass (the PPL protocols run without a cache, so each
+    forward computes its RoPE for its own length): the key is what the setting computes at each of them, so a
+    sliding protocol's last, shorter window (≤ L: the short set) keeps a long+short setting apart from its
+    long-only twin. Without them (generation: a sequence grows from ``length``), a setting whose RoPE can still
+    change as it grows (dynamic NTK; a short set up to L, which gives way to the long set beyond it) stands only
+    for itself. None for a rotary module (CLEX): never shared."""
     if isinstance(setting, torch.nn.Module):
         return None
     module = rotary_for(*setting, basics)
-    inv_freq, attention = module.frequencies(length)
-    key = (inv_freq.numpy().tobytes(), float(attention), module.select(length).start_tokens)
+    if forward_lengths is not None:
+        return tuple(_rope_at(module, n) for n in sorted(set(forward_lengths)))
     switches = module.short is not None and length <= module.switch_length
     varies = switches or any(spec is not None and spec.info.length_dependent for spec in setting)
-    return key if exact_length or not varies else (key, setting)
+    key = _rope_at(module, length)
+    return (key, setting) if varies else key
 
 
 def install_setting(model, setting: Setting) -> None:
@@ -100,23 +119,33 @@ class ZooCell:
     result: PerplexityResult
 
 
+EvalData = torch.Tensor | SlidingSet  # truncated windows (rows × length) or a sliding protocol's documents
+
+
+def _forward_lengths(data: EvalData) -> set[int]:
+    return data.forward_lengths() if isinstance(data, SlidingSet) else {data.shape[1]}
+
+
+def _ppl(model, data: EvalData, bos: str) -> PerplexityResult:
+    return sliding_perplexity(model, data) if isinstance(data, SlidingSet) else perplexity(model, data, bos=bos)
+
+
 def evaluate_ppl_grid(model, basics: RopeBasics, methods: Mapping[str, Callable[[int, RopeBasics], Setting]],
-                      windows: Mapping[int, torch.Tensor], *, protocol: str = "truncated", stride: int | None = None,
+                      windows: Mapping[int, EvalData], *, bos: str = "every_window",
                       on_cell: Callable[[ZooCell], None] | None = None) -> list[ZooCell]:
-    """PPL of every method at every length (the same windows for all methods). A setting that computes the
-    same RoPE as one already evaluated at that length (see ``effective_setting``) reuses its result."""
+    """PPL of every method at every length (the same windows or documents for all methods; the protocol follows
+    the data: truncated windows, whose BOS placement ``bos`` names, or a ``SlidingSet``). A setting that computes
+    the same RoPE as one already evaluated at every forward length (see ``effective_setting``) reuses its result."""
     cells, done = [], {}
     try:
         for name, make in methods.items():
             for length, data in sorted(windows.items()):
                 setting = make(length, basics)
-                key = effective_setting(setting, length, basics, exact_length=protocol == "truncated")
+                key = effective_setting(setting, length, basics, forward_lengths=_forward_lengths(data))
                 if key is None or (key, length) not in done:
                     install_setting(model, setting)
-                    done[(key, length)] = (perplexity(model, data) if protocol == "truncated"
-                                           else sliding_perplexity(model, data, length, stride or length))
-                result = done[(key, length)]
-                cells.append(ZooCell(name, result))
+                    done[(key, length)] = _ppl(model, data, bos)
+                cells.append(ZooCell(name, done[(key, length)]))
                 if on_cell is not None:
                     on_cell(cells[-1])
     finally:
@@ -124,23 +153,36 @@ def evaluate_ppl_grid(model, basics: RopeBasics, methods: Mapping[str, Callable[
     return cells
 
 
+def passkey_keys(lengths: Sequence[int], depths: Sequence[float], trials: int, generator: torch.Generator,
+                 control: bool = True) -> dict[tuple[int, float, int, bool], int]:
+    """{(length, depth, trial, is control): key}. Grid keys first, so adding the control changes no grid prompt;
+    the control is the needle right before the question at the shortest length."""
+    keys = {(n, d, t, False): random_key(generator) for n in lengths for d in depths for t in range(trials)}
+    if control and lengths:
+        keys |= {(min(lengths), CONTROL_DEPTH, t, True): random_key(generator) for t in range(trials)}
+    return keys
+
+
 def evaluate_passkey_grid(model, tokenizer, basics: RopeBasics,
                           methods: Mapping[str, Callable[[int, RopeBasics], Setting]], lengths: Sequence[int],
                           depths: Sequence[float], trials: int, generator: torch.Generator,
-                          on_trial: Callable[[str, PasskeyResult], None] | None = None) -> dict[str, list[PasskeyResult]]:
-    """Passkey results per method; keys are drawn once, so every method answers the same prompts."""
-    keys = {(n, d, t): random_key(generator) for n in lengths for d in depths for t in range(trials)}
+                          on_trial: Callable[[str, PasskeyResult], None] | None = None,
+                          control: bool = True) -> dict[str, list[PasskeyResult]]:
+    """Passkey results per method, grid and positive control; keys are drawn once, so every method answers the
+    same prompts. The scorer is checked on every key first (``check_scorer``)."""
+    keys = passkey_keys(lengths, depths, trials, generator, control)
+    check_scorer(tokenizer, list(keys.values()))
     out: dict[str, list[PasskeyResult]] = {}
     done: dict = {}
     try:
         for name, make in methods.items():
-            for (n, d, t), key in keys.items():
+            for (n, d, t, is_control), key in keys.items():
                 setting = make(n, basics)
                 same = effective_setting(setting, n, basics)
-                if same is None or (same, n, d, t) not in done:
+                if same is None or (same, n, d, t, is_control) not in done:
                     install_setting(model, setting)
-                    done[(same, n, d, t)] = passkey_trial(model, tokenizer, n, d, key)
-                out.setdefault(name, []).append(done[(same, n, d, t)])
+                    done[(same, n, d, t, is_control)] = passkey_trial(model, tokenizer, n, d, key, control=is_control)
+                out.setdefault(name, []).append(done[(same, n, d, t, is_control)])
                 if on_trial is not None:
                     on_trial(name, out[name][-1])
     finally:
@@ -196,17 +238,39 @@ def extension_headline(base_row: Mapping, final_row: Mapping, original_length: i
 
 
 def csv_rows(cells: Sequence[ZooCell], extra: Mapping[str, str]) -> str:
+    """One row per cell; every row names its protocol, stride, BOS placement and documents."""
     buffer = io.StringIO()
-    fields = ["method", "length", "ppl", "nll", "tokens", "num_windows", "protocol", "stride", *extra]
+    fields = ["method", "length", "ppl", "nll", "tokens", "num_windows", "protocol", "stride", "bos", "documents",
+              *extra]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for cell in cells:
         r = cell.result
         writer.writerow({"method": cell.method, "length": r.length, "ppl": f"{r.ppl:.6f}", "nll": f"{r.nll:.6f}",
                          "tokens": r.tokens, "num_windows": r.num_windows, "protocol": r.protocol,
-                         "stride": r.stride or "", **extra})
+                         "stride": r.stride or "", "bos": r.bos, "documents": r.documents or "", **extra})
     return buffer.getvalue()
 
 
 def passkey_tables(results: Mapping[str, Sequence[PasskeyResult]]) -> dict[str, dict[int, dict[float, float]]]:
     return {name: accuracy_table(rs) for name, rs in results.items()}
+
+
+def _percent_cell(cell) -> str:
+    low, high = cell.interval
+    return f"{cell.accuracy:.0%} [{low:.0%}, {high:.0%}] {cell.correct}/{cell.trials}"
+
+
+def passkey_markdown(results: Mapping[str, Sequence[PasskeyResult]], caption: str) -> str:
+    """Accuracy per method and length over every depth, with its Wilson 95% interval and trial count, and the
+    positive control beside it (a zero table with a passing control is the extension failing; a failing control
+    says the model does not retrieve at all)."""
+    lengths = sorted({r.length for rs in results.values() for r in rs if not r.control})
+    lines = [caption, "", "| method | " + " | ".join(map(str, lengths)) + " | control |",
+             "|---|" + "---:|" * (len(lengths) + 1)]
+    for method, rs in results.items():
+        by_length = cells_by_length([r for r in rs if not r.control])
+        control = control_cell(rs)
+        row = [_percent_cell(by_length[n]) if n in by_length else "–" for n in lengths]
+        lines.append(f"| {method} | " + " | ".join(row) + f" | {_percent_cell(control) if control else '–'} |")
+    return "\n".join(lines) + "\n"

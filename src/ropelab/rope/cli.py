@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ropelab.rope.factors_io import read_rescale_factors
+from ropelab.rope.factors_io import lambda_labels, read_rescale_factors
 from ropelab.rope.registry import REGISTRY, RopeSpec, known_methods, rescale_factors_of
 
 NUMBER_FLAGS = {  # flag -> (RopeSpec field, type, help)
@@ -42,8 +42,11 @@ def add_commands(subparsers) -> None:
     show.set_defaults(run=cmd_show)
     compare = rope.add_parser("compare", help="the zoo's per-dimension effective scale, as a table and a plot")
     _add_setting_flags(compare)
-    compare.add_argument("--rescale-factors", type=Path, action="append", default=[], help="λ file(s) to add")
-    compare.add_argument("--out", type=Path, default=Path("artifacts/rope_compare.png"), help="plot path")
+    compare.add_argument("--rescale-factors", type=Path, action="append", default=[],
+                         help="λ file(s) to add (repeat the flag); each is labelled by the stage it records, files "
+                              "with the same label also by their parent directories")
+    compare.add_argument("--output", "--out", dest="output", type=Path, default=None,
+                         help="write the plot (PNG) here; without it only the table is printed")
     compare.set_defaults(run=cmd_compare)
 
 
@@ -94,8 +97,9 @@ def zoo_specs(args) -> dict[str, RopeSpec]:
         "YaRN": RopeSpec("yarn", **scaled, **common),
         "Llama-3": RopeSpec("llama3", **scaled, **common),
     }
-    for path in args.rescale_factors:
-        zoo[f"λ {path.stem}"] = RopeSpec("longrope", rescale_factors=read_rescale_factors(path), **scaled, **common)
+    factors = [read_rescale_factors(path) for path in args.rescale_factors]  # a bad file fails before labelling
+    for label, values in zip(lambda_labels(args.rescale_factors), factors, strict=True):
+        zoo[f"λ {label}"] = RopeSpec("longrope", rescale_factors=values, **scaled, **common)
     return zoo
 
 
@@ -109,9 +113,9 @@ def cmd_compare(args) -> int:
     curves = {name: rescale_factors_of(spec, seq_len).tolist() for name, spec in zoo.items()}
     attention = {name: spec.compute(seq_len)[1] for name, spec in zoo.items()}
     title = f"effective scale per dimension: d={args.head_dim}, base={args.base:g}, s={factor:g}, L={original}"
-    path = plot_effective_scale(curves, args.out, title)
+    path = plot_effective_scale(curves, args.output, title) if args.output is not None else None
     if args.json:
-        print(json.dumps({"scale": curves, "attention_factor": attention, "plot": str(path)}))
+        print(json.dumps({"scale": curves, "attention_factor": attention, "plot": str(path) if path else None}))
         return 0
     names = list(curves)
     print(title)
@@ -119,6 +123,6 @@ def cmd_compare(args) -> int:
     for i in range(len(curves[names[0]])):
         print(f"{i:>3} " + " ".join(f"{curves[n][i]:>12.4f}" for n in names))
     print(f"{'att':>3} " + " ".join(f"{attention[n]:>12.4f}" for n in names))
-    print(f"plot: {path}", file=sys.stderr)
+    print(f"plot: {path}" if path else "no plot written (--output PATH writes one)", file=sys.stderr)
     return 0
 
