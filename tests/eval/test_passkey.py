@@ -136,35 +136,37 @@ def test_the_scorer_check_passes_real_tokenizers_and_stops_those_that_cannot_spe
         check_scorer(word_level_tokenizer(digits=False), keys)
 
 
-def copier(offset: int, vocab: int = 260, head_dim: int = 264, base: float = 10000.0):
+def copier(offset: int, vocab: int = 260, width: int = 64, base: float = 10000.0):
     """A real one-layer Llama whose weights are set by hand so that it copies the token ``offset`` positions
     back: a model that retrieves a passkey exactly when the key sits there (the positive control's needle does,
-    at any length) and nowhere else. Query and key are constant vectors (read from a constant embedding
-    dimension); the key vector is pre-rotated by ``offset`` positions, so q_m·k_n = Σ_i c² cos(θ_i (n − m +
-    offset)) peaks at n = m − offset; values carry the token, the LM head reads it back."""
+    at any length) and nowhere else. Tokens are embedded as random ±1 codes (near-orthogonal in ``width``
+    dimensions) beside a constant dimension; query and key read the constant, the key pre-rotated by ``offset``
+    positions, so q_m·k_n = Σ_i c² cos(θ_i (n − m + offset)) peaks at n = m − offset; the value carries the
+    attended token's code into a second block that the LM head decodes."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.models.llama.modeling_llama import rotate_half
 
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=2 * vocab + 8, intermediate_size=8, num_hidden_layers=1,
-                      num_attention_heads=1, num_key_value_heads=1, head_dim=head_dim, rope_theta=base,
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=2 * width + 2, intermediate_size=8, num_hidden_layers=1,
+                      num_attention_heads=1, num_key_value_heads=1, head_dim=width, rope_theta=base,
                       max_position_embeddings=4096, tie_word_embeddings=False, attn_implementation="sdpa")
     model = LlamaForCausalLM(cfg).eval()
-    constant, attn = 2 * vocab, model.model.layers[0].self_attn
-    angle = offset * rope_frequencies(head_dim, base)
-    q = torch.full((head_dim,), 40.0)
+    codes = torch.randint(0, 2, (vocab, width), generator=torch.Generator().manual_seed(0)).float() * 2 - 1
+    constant, attn, eye = 2 * width, model.model.layers[0].self_attn, torch.eye(width)
+    angle = offset * rope_frequencies(width, base)
+    q = torch.full((width,), 40.0)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
         for norm in (model.model.layers[0].input_layernorm, model.model.layers[0].post_attention_layernorm,
                      model.model.norm):
             norm.weight.fill_(1.0)
-        model.model.embed_tokens.weight[:, :vocab] = torch.eye(vocab)
+        model.model.embed_tokens.weight[:, :width] = codes
         model.model.embed_tokens.weight[:, constant] = 1.0
         attn.q_proj.weight[:, constant] = q
         attn.k_proj.weight[:, constant] = q * torch.cat([angle.cos()] * 2) + rotate_half(q) * torch.cat([angle.sin()] * 2)
-        attn.v_proj.weight[:vocab, :vocab] = torch.eye(vocab)
-        attn.o_proj.weight[vocab: 2 * vocab, :vocab] = torch.eye(vocab)
-        model.lm_head.weight[:, vocab: 2 * vocab] = 10 * torch.eye(vocab)
+        attn.v_proj.weight[:, :width] = eye
+        attn.o_proj.weight[width: 2 * width, :] = eye
+        model.lm_head.weight[:, width: 2 * width] = codes
     return model
 
 
@@ -183,14 +185,14 @@ def test_the_positive_control_tells_a_failing_extension_from_a_broken_scorer(ret
     model, tok = retriever
     basics = rope_basics(model.config)
     shortest = min_prompt_length(tok)
-    results = zoo.evaluate_passkey_grid(model, tok, basics, {"none": zoo.baseline("none")},
-                                        [shortest + 200, 2 * shortest + 200], [0.0], 5, torch.Generator().manual_seed(0))
+    results = zoo.evaluate_passkey_grid(model, tok, basics, {"none": zoo.baseline("none")}, [shortest + 100],
+                                        [0.0], 5, torch.Generator().manual_seed(0))
     control = control_cell(results["none"])
-    assert (control.length, control.depth, control.trials) == (shortest + 200, 1.0, 5)
+    assert (control.length, control.depth, control.trials) == (shortest + 100, 1.0, 5)
     assert control.correct == 5 and control.interval[0] > 0.5
-    assert accuracy_table(results["none"]) == {shortest + 200: {0.0: 0.0}, 2 * shortest + 200: {0.0: 0.0}}
+    assert accuracy_table(results["none"]) == {shortest + 100: {0.0: 0.0}}
     keys = torch.Generator().manual_seed(1)
-    absent = [passkey_trial(model, tok, shortest + 200, 1.0, random_key(keys), needle=False) for _ in range(5)]
+    absent = [passkey_trial(model, tok, shortest + 100, 1.0, random_key(keys), needle=False) for _ in range(5)]
     assert sum(r.correct for r in absent) == 0
     md = zoo.passkey_markdown(results, "caption")
     assert "| control |" in md and "100% [57%, 100%] 5/5 |" in md and "0% [0%, 43%] 0/5" in md
