@@ -19,7 +19,7 @@ from ropelab.config import PIPELINE_STAGES, RunConfig
 from ropelab.errors import RopelabError
 from ropelab.eval.report import PipelineOutcome, pipeline_report
 from ropelab.flows.base import base_flow
-from ropelab.flows.clex import clex_stage, evaluate_native, pi_name
+from ropelab.flows.clex import clex_stage, evaluate_native, pi_comparisons
 from ropelab.flows.data import data_flow
 from ropelab.flows.evaluate import evaluate_stage
 from ropelab.flows.finetune import finetune_flow
@@ -83,8 +83,8 @@ def evaluate_stages(cfg, run, base, data, stage1, ft2, long, short, clex, refres
     if clex is None:
         return reports
     models = {"clex": clex}
-    if cfg.pipeline.clex_compare_pi and cfg.clex.compare_pi_scale:
-        models[pi_name(cfg)] = finetune_flow(recipe.pi_comparison(cfg), run, base, data, refresh)
+    if cfg.pipeline.clex_compare_pi:
+        models |= pi_comparisons(cfg, run, base, data, refresh)
     return reports | evaluate_native(cfg, run, models, data, clex.original_length, refresh)
 
 

@@ -57,7 +57,7 @@ def test_every_stage_ran_and_is_recorded(first):
     stages = {r.data.tags["ropelab.stage"] for r in children}
     assert {"data", "base", "search1-2x", "search1-4x", "finetune-128", "finetune-256", "search2-2x", "recovery-1x",
             "recovery-2x", "clex", "finetune-64", "evaluate-base", "evaluate-finetuned", "evaluate-clex",
-            "evaluate-pi-4x"} <= stages
+            "evaluate-pi-4x-at-64", "evaluate-pi-4x-at-256"} <= stages
     assert all(r.data.tags["data.version"] == result.data.fingerprint for r in children)
     assert all(r.info.status == "FINISHED" for r in children)
     assert "summary.md" in {a.path for a in tracking.client().list_artifacts(result.run_id)}
@@ -188,11 +188,12 @@ def test_clex_stage_is_trained_exported_and_compared(first):
     load_clex(clex.path, stock)
     assert type(stock.model.rotary_emb).__name__ == "ClexRotaryEmbedding"
     rows = result.combined
-    assert {"clex", "pi-4x fine-tuned", "finetuned:progressive", "base:yarn"} <= set(rows)
+    pis = ["pi-4x fine-tuned at 64", "pi-4x fine-tuned at 256"]  # CLEX's training length; its serving length
+    assert {"clex", *pis, "finetuned:progressive", "base:yarn"} <= set(rows)
     assert set(rows["clex"]) == {64, 128, 256, 512, 1024}
     # the PI export's config records only its extended length: evaluated at multiples of the base L all the same
-    assert set(rows["pi-4x fine-tuned"]) == set(rows["clex"])
-    assert "| clex |" in result.summary and "| pi-4x fine-tuned |" in result.summary
+    assert all(set(rows[pi]) == set(rows["clex"]) for pi in pis)
+    assert "| clex |" in result.summary and all(f"| {pi} |" in result.summary for pi in pis)
 
 
 def test_unknown_rerun_stage_is_a_clear_error():
