@@ -27,7 +27,8 @@ def base_flow(cfg: RunConfig, parent_run_id: str | None = None, refresh: bool = 
                 raise RopelabError(f"model.source {cfg.model.source} does not exist (a local model directory, a "
                                    ".gguf file, or tiny)")
             signature = identity.stat_signature(Path(cfg.model.source))
-            model = stage.call(describe_model, cfg.model.source, cfg.model.trust_remote_code, data, signature)
+            model = stage.call(describe_model, cfg.model.source, cfg.model.trust_remote_code, data, signature,
+                               cfg.model.context_length)
         else:
             model = stage.call(pretrain_base, data, cfg.model, cfg.pretrain)
             scores = stage.call(score_base, model, data, cfg.eval)

@@ -16,7 +16,7 @@ from ropelab.config import EvalConfig, ModelConfig, TrainConfig
 from ropelab.data.corpus import CorpusReader
 from ropelab.data.tokenizer import ByteTokenizer
 from ropelab.eval.perplexity import perplexity, truncated_windows
-from ropelab.models import build_tiny_llama, load_model, save_model
+from ropelab.models import build_tiny_llama, check_context_length, load_model, save_model
 from ropelab.rope.adapter import rope_basics
 from ropelab.tasks.caching import IDENTITY
 from ropelab.tasks.devices import device_task
@@ -81,10 +81,13 @@ def score_base(model: ModelArtifact, data: DataArtifact, eval_cfg: EvalConfig) -
 
 
 @task(name="load-model", cache_policy=IDENTITY)
-def describe_model(source: str, trust_remote_code: bool, data: DataArtifact, signature: str) -> ModelArtifact:
-    """Check a user's model loads and is RoPE-based; its fingerprint is its content (``signature``, from
+def describe_model(source: str, trust_remote_code: bool, data: DataArtifact, signature: str,
+                   context_length: int) -> ModelArtifact:
+    """Check a user's model loads, is RoPE-based and has the preset's L (``context_length``, every stage's
+    lengths are multiples of it); its fingerprint is its content (``signature``, from
     ``identity.stat_signature``, makes an edited model a cache miss)."""
     loaded, _ = load_model(source, trust_remote_code)
+    check_context_length(loaded.config, context_length, source)
     length = rope_basics(loaded.config).original_max_position_embeddings
     del loaded
     path = Path(source)

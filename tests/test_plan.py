@@ -12,6 +12,7 @@ from ropelab.plan import (
     parameter_count,
     pipeline_plan,
     search_candidates,
+    search_counts,
     stage_search_config,
 )
 
@@ -54,6 +55,17 @@ def test_plan_prices_each_search_stage_with_its_own_settings():
     assert f"{search_candidates(stage2)} candidates × {stage2.num_windows} windows" in final
     assert search_candidates(stage2) != search_candidates(stage1)
     assert all(f"{search_candidates(recovery)} candidates" in line for line in lines if line.startswith("recovery"))
+
+
+@pytest.mark.parametrize("rule,candidates", [("round", 19 + 40 * (5 + 5)), ("code", 19 + 12 * (4 + 4))])
+def test_plan_counts_candidates_as_the_search_runs_them(rule, candidates):
+    """evo_scale 0.3: round keeps 40 generations of round(4.8) = 5 mutations and crossovers; the released code's
+    int() gives 4 of each over int(12.0) = 12 generations. The plan uses the run's own counts."""
+    from ropelab.tasks.search import evolution_config
+
+    cfg = load_config(CONFIGS / "llama2-7b.yaml", ["search.evo_scale=0.3", f"search.evo_scale_rule={rule}"])
+    assert search_counts(cfg.search) == evolution_config(cfg.search).counts()
+    assert search_candidates(cfg.search) == candidates
 
 
 @pytest.mark.parametrize("override,message", [

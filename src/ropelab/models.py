@@ -11,6 +11,8 @@ import torch
 from ropelab.config import ModelConfig
 from ropelab.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 from ropelab.errors import RopelabError
+from ropelab.rope.adapter import rope_basics
+from ropelab.rope.modules import check_rotary_layout
 
 TINY_VOCAB = 260  # 259 byte-level ids padded to a multiple of 4
 
@@ -55,10 +57,21 @@ def save_model(model, tokenizer, directory: Path) -> Path:
 
 
 def check_rope_model(model) -> None:
-    params = getattr(model.config, "rope_parameters", None) or {}
-    if "rope_theta" not in params or not hasattr(getattr(model, "model", None), "rotary_emb"):
-        raise RopelabError(f"{type(model).__name__} is not a RoPE model of the Llama family; ropelab needs "
-                           "model.model.rotary_emb and rope_parameters (Llama, Mistral, Qwen2, Phi-3)")
+    """At load, one clear error for a model ropelab cannot swap RoPE in exactly: its config's RoPE must be
+    readable (``rope_basics``) and its own rotary module must agree with ropelab's (``check_rotary_layout``)."""
+    check_rotary_layout(model)
+
+
+def check_context_length(config, context_length: int, source: str | Path) -> None:
+    """The preset's model.context_length must be the L ropelab reads from the model (search, fine-tuning and
+    evaluation lengths are all multiples of L), else one error line naming both numbers and the fix."""
+    basics = rope_basics(config)
+    if basics.original_max_position_embeddings != context_length:
+        raise RopelabError(
+            f"model.context_length {context_length} does not match the model: {source} has L = "
+            f"{basics.original_max_position_embeddings} (from its config's {basics.original_from}); set "
+            f"model.context_length: {basics.original_max_position_embeddings} in the preset (or "
+            f"--set model.context_length={basics.original_max_position_embeddings})")
 
 
 def load_model(path: str | Path, trust_remote_code: bool = False):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from ropelab.config import PipelineConfig, RunConfig, SearchConfig
+from ropelab.search.evolution import EvolutionConfig
 
 GIB = 1024**3
 
@@ -50,11 +51,17 @@ def parameter_count(cfg: RunConfig) -> int:
     return m.num_hidden_layers * per_layer + 2 * m.vocab_size * m.hidden_size
 
 
-def search_candidates(s: SearchConfig) -> int:
-    def scaled(n: int) -> int:
-        return max(1, round(n * s.evo_scale))
+def search_counts(s: SearchConfig) -> dict[str, int]:
+    """The scaled counts the search itself runs with (``EvolutionConfig.counts``, under search.evo_scale_rule),
+    so the plan and the run agree."""
+    return EvolutionConfig(s.population, s.iterations, s.mutations, s.crossovers, s.parents, scale=s.evo_scale,
+                           scale_rule=s.evo_scale_rule).counts()
 
-    return scaled(s.population) + s.iterations * (scaled(s.mutations) + scaled(s.crossovers))
+
+def search_candidates(s: SearchConfig) -> int:
+    """Candidates scored: the initial population, then mutations and crossovers in every generation."""
+    n = search_counts(s)
+    return n["population"] + n["iterations"] * (n["mutations"] + n["crossovers"])
 
 
 def forward_memory_gib(cfg: RunConfig, length: int, bytes_per_weight: int = 2) -> float:

@@ -32,7 +32,7 @@ def test_non_rope_and_missing_models_are_clear_errors(tmp_path):
         tmp_path / "gpt2")
     (tmp_path / "gpt2" / "ropelab_tokenizer.json").write_text('{"type": "byte", "bos_token_id": 1, '
                                                                '"eos_token_id": 2, "pad_token_id": 3}')
-    with pytest.raises(RopelabError, match="not a RoPE model"):
+    with pytest.raises(RopelabError, match="GPT2Config has no rope_parameters.rope_theta"):
         load_model(tmp_path / "gpt2")
     with pytest.raises(RopelabError, match="does not exist"):
         load_model(tmp_path / "nothing-here")

@@ -18,6 +18,8 @@ from ropelab.errors import RopelabError
 from ropelab.rope import RopeSpec
 from ropelab.rope import registry as registry_module
 from ropelab.rope.adapter import (
+    INERT_STOCK_KEYS,
+    SHARED_STOCK_KEYS,
     RopeBasics,
     check_compatible,
     rope_basics,
@@ -35,6 +37,8 @@ STOCK = {
     "linear": ({"rope_type": "linear", "factor": 4.0}, L),
     "dynamic": ({"rope_type": "dynamic", "factor": 4.0}, L),
     "yarn": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L}, 4 * L),
+    "yarn-untruncated": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L,
+                          "truncate": False}, 4 * L),
     "llama3": ({"rope_type": "llama3", "factor": 4.0, "original_max_position_embeddings": L,
                 "low_freq_factor": 1.0, "high_freq_factor": 4.0}, 4 * L),
     "longrope": ({"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": L,
@@ -173,3 +177,54 @@ def test_only_the_registry_names_methods_and_stock_types(module):
 def test_the_name_check_catches_an_if_chain():
     chain = 'def f(p, spec):\n    if p["rope_type"] == "yarn" or spec.method in ("ntk",):\n        return 1\n'
     assert method_name_offences(chain) == ["ntk", "yarn", 'rope_type"] ==', ".method in"]
+
+
+def test_yarn_truncate_false_is_read_kept_and_written_back():
+    """transformers' _compute_yarn_parameters honours truncate: false (no floor/ceil of the correction range)."""
+    params, max_positions = STOCK["yarn-untruncated"]
+    config = LlamaConfig(hidden_size=32, num_attention_heads=2, head_dim=HEAD_DIM, max_position_embeddings=max_positions,
+                         rope_parameters={"rope_theta": BASE, **params})
+    untruncated, _ = specs_from_config(config)
+    assert untruncated.truncate is False
+    truncated = untruncated.replace(truncate=None)
+    assert not torch.equal(untruncated.compute()[0], truncated.compute()[0])  # a different RoPE if it were dropped
+    written, _ = stock_rope_parameters(untruncated, None, rope_basics(config))
+    back, _ = round_trip(untruncated)
+    assert written["truncate"] is False and back.truncate is False
+    torch.testing.assert_close(back.compute()[0], untruncated.compute()[0], rtol=0, atol=0)
+    assert "truncate" not in stock_rope_parameters(truncated, None, rope_basics(config))[0]
+
+
+def llama_with(rope_parameters: dict) -> LlamaConfig:
+    return LlamaConfig(hidden_size=32, num_attention_heads=2, head_dim=HEAD_DIM, max_position_embeddings=4 * L,
+                       rope_parameters={"rope_theta": BASE, **rope_parameters})
+
+
+@pytest.mark.parametrize("rope_type", ["default", "linear", "yarn", "longrope"])
+def test_a_rope_parameters_key_ropelab_does_not_understand_is_an_error(rope_type):
+    params = {**(STOCK[rope_type][0] if rope_type in STOCK else {"rope_type": rope_type}), "mrope_section": [2, 2]}
+    config = llama_with(params)
+    for read in (rope_basics, specs_from_config):
+        with pytest.raises(RopelabError, match=rf"LlamaConfig.rope_parameters has mrope_section for rope_type "
+                                               rf"'{rope_type}', which ropelab does not understand"):
+            read(config)
+
+
+def test_keys_no_stock_code_reads_are_accepted():
+    config = llama_with({**STOCK["yarn"][0], "finetuned": True})  # the YaRN authors' released configs
+    assert "finetuned" in INERT_STOCK_KEYS and specs_from_config(config)[0].method == "yarn"
+
+
+@pytest.mark.parametrize("rope_type", sorted(STOCK_READERS))
+def test_ropelab_reads_every_key_transformers_accepts_for_each_rope_type(rope_type, monkeypatch):
+    """transformers' own validator names the keys each type uses (required ∪ optional): all are understood."""
+    accepted: set[str] = set()
+
+    def capture(self, rope_type, received, required, optional_keys=None, ignore_keys=None):
+        accepted.update(required, optional_keys or ())
+
+    monkeypatch.setattr(LlamaConfig, "_check_received_keys", capture)
+    example = {"rope_type": rope_type, "factor": 2.0, "original_max_position_embeddings": L, "long_factor": LONG,
+               "short_factor": SHORT, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    getattr(LlamaConfig(), f"_validate_{rope_type}_rope_parameters")(example)
+    assert accepted and accepted - SHARED_STOCK_KEYS - STOCK_READERS[rope_type].stock_keys == set()

@@ -73,7 +73,7 @@ def test_non_rope_model_is_rejected_clearly():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=64))
-    with pytest.raises(RopelabError, match="not a RoPE model|no rotary embedding"):
+    with pytest.raises(RopelabError, match="GPT2Config has no rope_parameters.rope_theta"):
         install_rope(model, RopeSpec("default", 16, BASE))
 
 

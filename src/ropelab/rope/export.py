@@ -1,6 +1,8 @@
 """Export: a model directory whose ``config.json`` uses stock ``rope_parameters``, so that
 ``AutoModelForCausalLM.from_pretrained(dir)`` reproduces the in-memory logits without custom code. Whatever stock
-transformers cannot express (n̂) is reported loudly and recorded, never dropped silently.
+transformers cannot express (n̂) is reported loudly and recorded, never dropped silently. A config class that
+takes only some rope types (Phi-3: default and longrope) gets the equivalent longrope factor sets, noted in the
+record. Partial-rotary models keep their ``partial_rotary_factor``: λ has one value per rotary pair.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from ropelab.atomic import staged_directory
-from ropelab.rope.adapter import check_compatible, rope_basics, stock_rope_parameters
+from ropelab.rope.adapter import stock_config
 from ropelab.rope.registry import RopeSpec
 
 EXPORT_RECORD = "ropelab_export.json"
@@ -31,10 +33,11 @@ class ExportReport:
     rope_parameters: dict
     max_position_embeddings: int
     lossy: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # exact, but not as the method's own stock type
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "rope_parameters": self.rope_parameters,
-                "max_position_embeddings": self.max_position_embeddings, "lossy": self.lossy}
+                "max_position_embeddings": self.max_position_embeddings, "lossy": self.lossy, "notes": self.notes}
 
 
 def lossy_notes(long: RopeSpec, short: RopeSpec | None) -> list[str]:
@@ -52,19 +55,13 @@ def lossy_notes(long: RopeSpec, short: RopeSpec | None) -> list[str]:
 def export_hf(model: nn.Module, out_dir: str | Path, long: RopeSpec, short: RopeSpec | None = None,
               tokenizer=None, provenance: dict | None = None) -> ExportReport:
     """Save ``model`` with stock rope_parameters for (long, short); record what could not be expressed."""
-    basics = rope_basics(model.config)
-    for spec in (long, short):
-        if spec is not None:
-            check_compatible(spec, basics)
-    params, max_positions = stock_rope_parameters(long, short, basics)
+    config, params, notes = stock_config(model.config, long, short)
     out = Path(out_dir)
-    report = ExportReport(out, params, max_positions, lossy_notes(long, short))
+    report = ExportReport(out, params, config.max_position_embeddings, lossy_notes(long, short), notes)
     record = {**report.to_dict(), "long": long.to_dict(), "short": short.to_dict() if short else None,
               "provenance": provenance or {}}
     with staged_directory(out) as staging:  # a half-written export never looks complete
         model.save_pretrained(staging)
-        config = type(model.config).from_dict(
-            {**model.config.to_dict(), "rope_parameters": params, "max_position_embeddings": max_positions})
         config.save_pretrained(staging)
         if tokenizer is not None:
             save_tokenizer(tokenizer, staging)

@@ -1,7 +1,12 @@
-"""Rotary modules and their installation: swap a loaded Llama-family model's ``model.model.rotary_emb`` for a
-module computing cos/sin from registry specs (n̂ start tokens, the short/long switch, one setting per batch
-row). No modeling file is copied and no ``forward`` is patched: decoder layers receive ``position_embeddings``
-from that one module.
+"""Rotary modules and their installation: swap a loaded model's one rotary module (``rotary_emb`` of its base
+model: ``model.model`` for Llama-style models, ``model.gpt_neox`` for GPT-NeoX) for a module computing cos/sin
+from registry specs (n̂ start tokens, the short/long switch, one setting per batch row). No modeling file is
+copied and no ``forward`` is patched: decoder layers receive ``position_embeddings`` from that one module.
+
+cos/sin have the rotated width d (``RopeBasics.head_dim``): partial-rotary families apply them to the first d
+dims of each head (``q[..., :cos.shape[-1]]``), as their own rotary module's output is applied. Before the
+first swap, ``check_rotary_layout`` proves the model's own rotary module and ropelab's rendering of its config
+agree, so a family with another layout is refused rather than silently given a different RoPE.
 """
 
 from __future__ import annotations
@@ -10,20 +15,30 @@ import torch
 from torch import nn
 
 from ropelab.errors import RopelabError
-from ropelab.rope.adapter import SUPPORTED_FAMILIES, RopeBasics, check_compatible, rope_basics
+from ropelab.rope.adapter import (
+    FAMILIES_GUIDE,
+    SUPPORTED_FAMILIES,
+    RopeBasics,
+    check_compatible,
+    rope_basics,
+    specs_from_config,
+)
 from ropelab.rope.methods import rope_frequencies
 from ropelab.rope.registry import RopeSpec
 from ropelab.rope.rotary import rotary_cos_sin
 
+LAYOUT_POSITIONS = 8  # positions compared by check_rotary_layout: enough to tell layouts and scales apart
+
 
 def _rotary_owner(model: nn.Module) -> nn.Module:
-    """The module holding ``rotary_emb`` (``model.model`` for a CausalLM, or the base model itself)."""
-    for owner in (getattr(model, "model", None), model):
+    """The module holding ``rotary_emb``: the base model (transformers' ``base_model_prefix``: ``model.model``,
+    ``model.gpt_neox``, ``model.transformer``), else ``model.model`` or the model itself."""
+    for owner in (getattr(model, "base_model", None), getattr(model, "model", None), model):
         if owner is not None and isinstance(getattr(owner, "rotary_emb", None), nn.Module):
             return owner
     raise RopelabError(
-        f"{type(model).__name__} has no rotary embedding module at model.model.rotary_emb; "
-        f"ropelab supports RoPE models of the Llama family: {SUPPORTED_FAMILIES}"
+        f"{type(model).__name__} has no rotary module at its base model's rotary_emb, the one module ropelab swaps; "
+        f"ropelab takes {SUPPORTED_FAMILIES}"
     )
 
 
@@ -112,10 +127,47 @@ def install_per_row_rope(model: nn.Module) -> PerRowRotaryEmbedding:
     return install_rotary(model, PerRowRotaryEmbedding(basics.head_dim, basics.base))
 
 
+def _native_cos_sin(native: nn.Module, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    try:
+        with torch.no_grad():
+            return tuple(t.float() for t in native(x, positions))
+    except TypeError as exc:  # e.g. a rotary module that also needs a layer type
+        raise RopelabError(f"{type(native).__name__}.forward(x, position_ids) fails ({exc}); ropelab swaps a rotary "
+                           f"module with exactly that interface ({FAMILIES_GUIDE})") from None
+
+
+def check_rotary_layout(model: nn.Module) -> None:
+    """The model's own rotary module and ropelab's reading of its config give the same cos/sin (width, layout
+    ``cat(freqs, freqs)``, attention factor) at the first positions; else one clear error, because the
+    swapped module would silently compute another RoPE. Checked once per loaded module."""
+    basics = rope_basics(model.config)  # first: the config names the reason best
+    owner = _rotary_owner(model)
+    native = getattr(owner.rotary_emb, "replaced", owner.rotary_emb)
+    if native.__dict__.get("_ropelab_layout_checked"):
+        return
+    ours = rotary_for(*specs_from_config(model.config), basics)
+    device = next((b.device for b in native.buffers()), torch.device("cpu"))
+    x, positions = torch.zeros(1, device=device), torch.arange(LAYOUT_POSITIONS, device=device)[None]
+    theirs, mine = _native_cos_sin(native, x, positions), ours(x, positions)
+    name = type(model).__name__
+    if theirs[0].shape[-1] != mine[0].shape[-1]:
+        raise RopelabError(f"{name}'s rotary module rotates {theirs[0].shape[-1]} dims but its config says "
+                           f"{basics.describe_width()}: this family applies partial_rotary_factor its own way "
+                           f"(ropelab follows transformers' rope_parameters; {FAMILIES_GUIDE})")
+    low_precision = any(b.is_floating_point() and b.dtype != torch.float32 for b in native.buffers())
+    tolerance = 5e-2 if low_precision else 1e-4
+    if any(not torch.allclose(a, b, rtol=0, atol=tolerance) for a, b in zip(theirs, mine, strict=True)):
+        raise RopelabError(f"{name}'s rotary module lays out or scales cos/sin differently from transformers' "
+                           f"cat(freqs, freqs) layout ropelab builds (e.g. Cohere interleaves the pairs): ropelab "
+                           f"would compute a different RoPE, so it does not take this family ({FAMILIES_GUIDE})")
+    native.__dict__["_ropelab_layout_checked"] = True
+
+
 def install_rotary(model: nn.Module, module: nn.Module) -> nn.Module:
     """Make ``module`` (forward(x, position_ids) -> (cos, sin)) the model's rotary module; uninstall_rope
     restores the one the model was loaded with. The module becomes a submodule: its parameters (CLEX's ODE)
-    train with the model and appear in its state_dict."""
+    train with the model and appear in its state_dict. The family's layout is checked first."""
+    check_rotary_layout(model)
     owner = _rotary_owner(model)
     previous = owner.rotary_emb
     module.__dict__["replaced"] = getattr(previous, "replaced", previous)  # plain attribute: not a submodule

@@ -65,6 +65,9 @@ class RopeMethod:
     stock_keeps_original_length: bool = False
     # to_stock writes another rope_theta (static NTK is a change of base): a model may carry either base
     stock_changes_base: bool = False
+    # the rope_parameters keys from_stock reads beyond those of every type (the adapter's SHARED_STOCK_KEYS):
+    # a config key outside both is not understood, and reading it is an error rather than a silent drop
+    stock_keys: frozenset[str] = frozenset()
 
 
 PLAIN = "default"  # the unscaled method, and the stock rope_type of a config that names none
@@ -106,20 +109,24 @@ def _dynamic_to_stock(spec: RopeSpec) -> dict:
 
 
 def _yarn_from_stock(params: dict, basics: StockBasics, max_positions: int):
+    """transformers' ``_compute_yarn_parameters`` also reads ``truncate`` (default true: floor/ceil the ramp's
+    correction range); ``truncate: false`` moves the ramp by up to a dimension, so it is kept."""
+    truncate = params.get("truncate")
     spec = RopeSpec("yarn", basics.head_dim, basics.base, factor=_scaled_factor(params, basics, max_positions),
                     original_max_position_embeddings=basics.original_max_position_embeddings,
                     beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
                     attention_factor=params.get("attention_factor"), mscale=params.get("mscale"),
-                    mscale_all_dim=params.get("mscale_all_dim"))
+                    mscale_all_dim=params.get("mscale_all_dim"), truncate=None if truncate is None else bool(truncate))
     return spec, None
 
 
 def _yarn_to_stock(spec: RopeSpec) -> dict:
     # the attention factor is written explicitly so transformers cannot infer a different one
-    return {"rope_type": "yarn", "rope_theta": spec.base, "factor": spec.factor,
-            "original_max_position_embeddings": spec.original_max_position_embeddings,
-            "beta_fast": spec.beta_fast or 32.0, "beta_slow": spec.beta_slow or 1.0,
-            "attention_factor": spec.compute()[1]}
+    params = {"rope_type": "yarn", "rope_theta": spec.base, "factor": spec.factor,
+              "original_max_position_embeddings": spec.original_max_position_embeddings,
+              "beta_fast": spec.beta_fast or 32.0, "beta_slow": spec.beta_slow or 1.0,
+              "attention_factor": spec.compute()[1]}
+    return params if spec.truncate is None else {**params, "truncate": spec.truncate}
 
 
 def _llama3_from_stock(params: dict, basics: StockBasics, max_positions: int):
@@ -152,18 +159,23 @@ REGISTRY: dict[str, RopeMethod] = {
         RopeMethod("default", methods.default, "plain RoPE, no scaling", scales_positions=False,
                    stock_types=("default",), from_stock=_default_from_stock, to_stock=_default_to_stock),
         RopeMethod("linear", methods.linear, "position interpolation (PI): θ/s",
-                   stock_types=("linear",), from_stock=_linear_from_stock, to_stock=_linear_to_stock),
+                   stock_types=("linear",), from_stock=_linear_from_stock, to_stock=_linear_to_stock,
+                   stock_keys=frozenset({"factor"})),
         RopeMethod("ntk", methods.ntk, "static NTK-aware: base · s^(d/(d-2))",
                    to_stock=_ntk_to_stock, stock_changes_base=True),
         RopeMethod("dynamic", methods.dynamic, "dynamic NTK: NTK with s from the current length", length_dependent=True,
                    stock_types=("dynamic",), from_stock=_dynamic_from_stock, to_stock=_dynamic_to_stock,
-                   stock_keeps_original_length=True),
+                   stock_keeps_original_length=True, stock_keys=frozenset({"factor"})),
         RopeMethod("yarn", methods.yarn, "YaRN, reference-code ramp in inverse-frequency space",
-                   stock_types=("yarn",), from_stock=_yarn_from_stock, to_stock=_yarn_to_stock),
+                   stock_types=("yarn",), from_stock=_yarn_from_stock, to_stock=_yarn_to_stock,
+                   stock_keys=frozenset({"factor", "beta_fast", "beta_slow", "attention_factor", "mscale",
+                                         "mscale_all_dim", "truncate"})),
         RopeMethod("llama3", methods.llama3, "Llama 3.1 wavelength-banded scaling",
-                   stock_types=("llama3",), from_stock=_llama3_from_stock, to_stock=_llama3_to_stock),
+                   stock_types=("llama3",), from_stock=_llama3_from_stock, to_stock=_llama3_to_stock,
+                   stock_keys=frozenset({"factor", "low_freq_factor", "high_freq_factor"})),
         RopeMethod("longrope", methods.longrope, "LongRoPE: searched per-dimension λ, θ/λ",
-                   stock_types=("longrope",), from_stock=_longrope_from_stock),
+                   stock_types=("longrope",), from_stock=_longrope_from_stock,
+                   stock_keys=frozenset({"factor", "attention_factor", "long_factor", "short_factor"})),
     )
 }
 # Facts about the model rather than knobs of a method: any spec may carry them, methods use them or not.
@@ -186,8 +198,11 @@ def get_method(name: str) -> RopeMethod:
 class RopeSpec:
     """One RoPE setting: a method name plus the explicit numbers it needs.
 
-    Field names follow transformers' vocabulary. ``rescale_factors`` is LongRoPE's λ (length head_dim/2);
-    ``start_tokens`` is n̂, the count of initial positions that keep the original cos/sin.
+    Field names follow transformers' vocabulary. ``head_dim`` is d of the RoPE formulas, the width RoPE
+    rotates: the attention head width, or its first ``partial_rotary_factor`` part for partial-rotary models
+    (transformers' ``dim = int(head_dim · partial_rotary_factor)``). ``rescale_factors`` is LongRoPE's λ, one
+    per rotary pair (length head_dim/2); ``start_tokens`` is n̂, the count of initial positions that keep the
+    original cos/sin. ``truncate`` is YaRN's (None: transformers' default, true).
     """
 
     method: str
@@ -204,6 +219,7 @@ class RopeSpec:
     high_freq_factor: float | None = None
     attention_policy: str | None = None
     attention_factor: float | None = None
+    truncate: bool | None = None
     start_tokens: int = 0
     extra: dict = field(default_factory=dict, compare=False, hash=False)  # free-form provenance, never used in math
 
@@ -265,6 +281,8 @@ def _validate(spec: RopeSpec) -> None:
         raise RopelabError(f"original_max_position_embeddings must be >= 2, got {spec.original_max_position_embeddings}")
     if spec.factor is not None and spec.info.scales_positions and spec.factor < 1:
         raise RopelabError(f"factor must be >= 1 for {spec.method} (it is the extension ratio), got {spec.factor}")
+    if spec.truncate is not None and not isinstance(spec.truncate, bool):
+        raise RopelabError(f"truncate must be true or false, got {spec.truncate!r}")
     if not isinstance(spec.start_tokens, int) or spec.start_tokens < 0:
         raise RopelabError(f"start_tokens (n̂) must be a non-negative integer, got {spec.start_tokens}")
     _validate_rescale_factors(spec)
@@ -276,7 +294,8 @@ def _validate_rescale_factors(spec: RopeSpec) -> None:
     if lam is None:
         return
     if len(lam) != spec.head_dim // 2:
-        raise RopelabError(f"rescale_factors must have head_dim/2 = {spec.head_dim // 2} values, got {len(lam)}")
+        raise RopelabError(f"rescale_factors must have one value per rotary pair (head_dim/2 = {spec.head_dim // 2}), "
+                           f"got {len(lam)}")
     bad = [i for i, v in enumerate(lam) if not math.isfinite(v)]
     if bad:
         raise RopelabError(f"rescale_factors contain NaN/inf at dimensions {bad[:8]}")

@@ -40,7 +40,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    head_dim: int
+    head_dim: int  # the rotated width d (RopeBasics.head_dim): partial-rotary models search their rotary pairs
     base: float
     scale: float  # s = L' / L
     original_max_position_embeddings: int
@@ -68,6 +68,7 @@ class SearchSpace:
 
     @property
     def dims(self) -> int:
+        """Genes: one λ per rotary pair, d/2 (48 for Phi-4-mini's 96 rotated of 128 head dims)."""
         return self.head_dim // 2
 
     @property
