@@ -32,8 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ropelab.errors import RopelabError
-from ropelab.rope.generation import greedy_generate
-from ropelab.rope.modules import rotary_module
+from ropelab.rope.generation import greedy_generate, length_setting
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
         "I will quiz you about the important information there.")
@@ -122,13 +121,14 @@ def check_scorer(tokenizer, keys: Sequence[int]) -> None:
 def greedy_continuation(model, ids: Sequence[int], max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
     """Greedy decoding with the KV cache (the model's installed RoPE is used for every position).
 
-    A rotary module whose setting changes with the length (CLEX) decodes through ``greedy_generate``, which
-    rebuilds the cache when the setting changes; others use transformers' ``generate``."""
+    A rotary module whose setting changes with the length (CLEX's t; a LongRoPE short/long pair crossing L)
+    decodes through ``greedy_generate``, which rebuilds the cache when the setting changes; others use
+    transformers' ``generate``."""
     if not ids:
         raise RopelabError("greedy decoding needs at least one context token")
     device = next(model.parameters()).device
     inputs = torch.tensor([list(ids)], device=device)
-    if hasattr(rotary_module(model), "setting_for_length"):
+    if length_setting(model) is not None:
         return greedy_generate(model, inputs, max_new_tokens)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,

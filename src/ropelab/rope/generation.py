@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -11,19 +13,34 @@ from ropelab.rope.modules import rotary_module
 GUARD = "_ropelab_stale_cache_guard"
 
 
+def length_setting(model: nn.Module) -> Callable[[int], object] | None:
+    """What the installed rotary module computes with for a sequence of n tokens, when that can change as a
+    sequence grows: CLEX's (t, log-scaling factor) (``setting_for_length``), or which set of a LongRoPE
+    short/long pair is in force (transformers' rule: the long set once max(position_ids) + 1 > L). None when it
+    cannot change, so plain cached decoding is exact. (A length-dependent single set, dynamic NTK, is left as
+    transformers decodes it.)"""
+    module = rotary_module(model)
+    if hasattr(module, "setting_for_length"):
+        return module.setting_for_length
+    if getattr(module, "short", None) is not None and callable(getattr(module, "select", None)):
+        return lambda n: module.select(n) is module.short
+    return None
+
+
 @torch.no_grad()
 def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
                     eos_token_id: int | None = None, step_logits: list | None = None) -> list[int]:
     """Greedy decoding with a key/value cache that stays exact when the RoPE setting changes with the length.
 
-    A rotary module with ``setting_for_length(n)`` (CLEX: t = ceil(n/L)) gets the cache rebuilt by one
-    prefill whenever the setting changes, so every step equals a full recompute (re-rotating cached keys would
-    not: later layers' keys and values depend on attention computed with the old setting). ``input_ids`` is
-    (1, n); ``step_logits`` collects each step's logits.
+    When the rotary setting changes as the sequence grows (``length_setting``: CLEX's t = ceil(n/L), or a
+    LongRoPE short/long pair crossing L), the cache is rebuilt by one prefill of the whole sequence, so every
+    step equals a full recompute (re-rotating cached keys would not: later layers' keys and values depend on
+    attention computed with the old setting). Stock transformers does not: its cached keys keep the short set's
+    rotation after L. ``input_ids`` is (1, n); ``step_logits`` collects each step's logits.
     """
     from transformers import DynamicCache
 
-    setting = getattr(rotary_module(model), "setting_for_length", lambda n: None)
+    setting = length_setting(model) or (lambda n: None)
 
     def prefill(ids):
         cache = DynamicCache(config=model.config)
