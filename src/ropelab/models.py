@@ -11,7 +11,7 @@ import torch
 from ropelab.config import ModelConfig
 from ropelab.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 from ropelab.errors import RopelabError
-from ropelab.rope.adapter import rope_basics
+from ropelab.rope.adapter import FAMILIES_GUIDE, rope_basics
 from ropelab.rope.modules import check_rotary_layout
 
 TINY_VOCAB = 260  # 259 byte-level ids padded to a multiple of 4
@@ -88,9 +88,19 @@ def load_model(path: str | Path, trust_remote_code: bool = False):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise RopelabError(f"cannot load a causal LM from {path}: {exc}") from None
+        raise _load_error(path, exc) from None
     check_rope_model(model)
     return model.to(device).eval(), load_tokenizer(path)
+
+
+def _load_error(path: Path, exc: Exception) -> RopelabError:
+    """One line; transformers' advice for a class without sdpa (load it eager) is not an option in ropelab."""
+    text = str(exc)
+    if "scaled_dot_product_attention" in text and text.split()[0].endswith("ForCausalLM"):
+        return RopelabError(f"{text.split()[0]} has no sdpa attention in transformers (e.g. Gemma 2: logit "
+                            f"soft-capping) and ropelab runs every model through sdpa, so it does not take this family "
+                            f"({FAMILIES_GUIDE})")
+    return RopelabError(f"cannot load a causal LM from {path}: {text}")
 
 
 def load_gguf(path: Path):

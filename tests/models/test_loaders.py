@@ -38,6 +38,23 @@ def test_non_rope_and_missing_models_are_clear_errors(tmp_path):
         load_model(tmp_path / "nothing-here")
 
 
+def test_a_family_without_sdpa_attention_is_one_clear_line(tmp_path):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from ropelab.data.tokenizer import ByteTokenizer
+
+    config = Gemma2Config(vocab_size=97, pad_token_id=0, bos_token_id=1, eos_token_id=1, hidden_size=64,
+                          intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                          head_dim=32, attn_implementation="eager")
+    Gemma2ForCausalLM(config).save_pretrained(tmp_path / "gemma2")
+    ByteTokenizer().save(tmp_path / "gemma2")
+    with pytest.raises(RopelabError) as caught:
+        load_model(tmp_path / "gemma2")
+    assert str(caught.value) == ("Gemma2ForCausalLM has no sdpa attention in transformers (e.g. Gemma 2: logit "
+                                 "soft-capping) and ropelab runs every model through sdpa, so it does not take this "
+                                 "family (docs/model-families.md)")
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_loads_dequantised_and_takes_our_rope():
     path = smollm2_gguf()

@@ -72,6 +72,11 @@ def test_families_ropelab_does_not_take_are_refused_in_one_line(family):
     assert "docs/model-families.md" in str(caught.value)
 
 
+def test_an_alibi_model_is_refused_although_it_has_a_rotary_module():
+    with pytest.raises(RopelabError, match=r"^FalconConfig has alibi: true, so its attention uses ALiBi and ignores"):
+        check_rope_model(build("falcon", alibi=True, attn_implementation="eager"))
+
+
 def test_a_family_that_ignores_partial_rotary_factor_is_refused():
     """Llama's rotary module rotates the whole head whatever partial_rotary_factor says: installing ropelab's
     (narrower) module would change the model, so the mismatch is refused."""

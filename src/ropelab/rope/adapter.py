@@ -27,7 +27,7 @@ from ropelab.rope.registry import (
     stock_reader,
 )
 
-SUPPORTED_FAMILIES = ("Llama, Mistral, Qwen2/3, Phi-3/Phi-4-mini, Phi-2, GPT-NeoX, StableLM, Gemma 1/2 and others "
+SUPPORTED_FAMILIES = ("Llama, Mistral, Qwen2/3, Phi-3/Phi-4-mini, Phi-2, GPT-NeoX, StableLM, Gemma (1) and others "
                       "whose base model has one rotary_emb in transformers' layout (docs/model-families.md)")
 FAMILIES_GUIDE = "docs/model-families.md"
 # rope_parameters keys of every rope_type: read here (the basics), not by a method's from_stock. "type" is the
@@ -76,6 +76,9 @@ def _rope_parameters(config) -> dict:
         raise RopelabError(f"{name} keeps one RoPE per attention layer type ({', '.join(nested)}; e.g. Gemma 3): "
                            f"ropelab installs one rotary module per model, so it does not take this family "
                            f"({FAMILIES_GUIDE})")
+    if getattr(config, "alibi", False):  # Falcon-RW: the rotary module exists, attention never applies it
+        raise RopelabError(f"{name} has alibi: true, so its attention uses ALiBi and ignores RoPE; nothing for ropelab "
+                           f"to swap ({FAMILIES_GUIDE})")
     if "rope_theta" not in params:
         raise RopelabError(f"{name} has no rope_parameters.rope_theta: ropelab swaps the rotary module transformers "
                            f"builds from rope_parameters, and this model has none (no RoPE, or RoPE computed inside "
