@@ -21,6 +21,7 @@ from ropelab.eval.plots import display_name, plot_passkey_heatmap, plot_ppl_vs_l
 from ropelab.models import load_model
 from ropelab.rope.adapter import rope_basics
 from ropelab.rope.factors_io import lambda_labels, read_rescale_spec
+from ropelab.rope.modules import rotary_for
 from ropelab.rope.registry import RopeSpec
 from ropelab.tasks.caching import IDENTITY
 from ropelab.tasks.devices import device_task
@@ -51,12 +52,17 @@ def held_out_windows(reader, tokenizer, cfg: EvalConfig, lengths) -> dict:
 
 
 def zoo_methods(loaded, model: ModelArtifact, cfg: EvalConfig, basics, lengths, lambda_files, settings) -> dict:
-    methods = {name: zoo.native(loaded, model.path) if name == "native" else zoo.baseline(name)
+    betas = (cfg.yarn_beta_fast, cfg.yarn_beta_slow)
+    methods = {name: zoo.native(loaded, model.path) if name == "native" else zoo.baseline(name, betas)
                for name in cfg.methods}
     methods.update(lambda_methods([path for path, _ in lambda_files], basics))
     for name, pair in (settings or {}).items():
         short = RopeSpec.from_dict(pair["short"]) if pair.get("short") else None
-        methods[name] = zoo.fixed(RopeSpec.from_dict(pair["long"]), short)
+        long, rule = RopeSpec.from_dict(pair["long"]), pair.get("short_attention", "long")
+        if rule == "long" or short is None:
+            methods[name] = zoo.fixed(long, short)
+        else:  # a rule transformers' longrope lacks: the rotary module itself (the zoo shares no result with it)
+            methods[name] = lambda n, b, module=rotary_for(long, short, basics, rule): module
     return methods
 
 

@@ -107,7 +107,8 @@ def configure_environment(home: Path) -> Paths:
     # INFO reaches the Prefect server (the UI shows each run's progress and results); the terminal shows warnings
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-file bars; ours say more
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not "Creating initial MLflow database tables"  # transformers' per-file bars; ours say more
     os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(p.results)
     os.environ["MLFLOW_TRACKING_URI"] = p.tracking_uri
     os.environ.setdefault("HF_DATASETS_CACHE", str(p.hf_cache / "datasets"))

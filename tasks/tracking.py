@@ -53,12 +53,17 @@ def create_store(uri: str) -> None:
     _READY_STORES.add(uri)
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's runs table, not GenAI traces
+
+
 def experiment_id(name: str) -> str:
     c = client()
     found = c.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return c.create_experiment(name, artifact_location=paths().mlflow_artifacts.as_uri())
+    if found is None:
+        return c.create_experiment(name, artifact_location=paths().mlflow_artifacts.as_uri(), tags=EXPERIMENT_KIND)
+    if found.tags.get("mlflow.experimentKind") is None:  # made by an older ropelab
+        c.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    return found.experiment_id
 
 
 def git_commit(home: Path) -> str:

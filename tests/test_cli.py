@@ -169,6 +169,11 @@ def test_a_user_error_inside_a_stage_is_one_line_not_retried_and_marks_the_run_f
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     failed = runs["finetune-1024"]
     assert failed.info.status == "FAILED" and "rescale_factors_file" in failed.data.tags["ropelab.error"]
+    # the standalone command is one top-level run with its stages (data, base, the fine-tune) nested under it
+    parent = client.get_run(failed.data.tags["mlflow.parentRunId"])
+    assert parent.info.run_name.startswith("finetune-smoke-") and parent.info.status == "FAILED"
+    assert {"data", "base"} <= {r.info.run_name for r in runs.values()
+                                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert time.monotonic() - started < 10 + 120  # no retry: the first retry waits 10 s, the second 60 s
 
 

@@ -173,3 +173,14 @@ def test_a_setting_that_can_still_switch_is_shared_only_at_an_exact_length(setup
     # a protocol with a forward of ≤ L tokens (a short last sliding window) uses the short set there
     assert key((a, short), 2 * L, basics, forward_lengths=[L, 2 * L]) != key((a, None), 2 * L, basics,
                                                                            forward_lengths=[L, 2 * L])
+
+
+def test_the_evaluation_takes_the_yarn_betas_from_its_config():
+    from ropelab.config import EvalConfig
+    from ropelab.rope.adapter import RopeBasics
+    from ropelab.tasks.evaluate import zoo_methods
+
+    basics = RopeBasics(head_dim=64, base=10000.0, original_max_position_embeddings=256)
+    cfg = EvalConfig(methods=("yarn",), yarn_beta_fast=128.0, yarn_beta_slow=2.0)
+    long, _ = zoo_methods(None, None, cfg, basics, (2048,), (), None)["yarn"](2048, basics)
+    assert (long.beta_fast, long.beta_slow) == (128.0, 2.0)

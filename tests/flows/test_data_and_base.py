@@ -118,5 +118,5 @@ def test_evaluate_flow_writes_the_zoo_report(first_base_run, smoke):
     assert run.data.metrics["ppl/yarn/256"] == pytest.approx(report.table["yarn"][256])
     assert [m.step for m in tracking.client().get_metric_history(report.run_id, "ppl/yarn")] == [64, 128, 256]
     assert run.data.tags["ropelab.consumed.model"] == base.run_id
-    assert "128" in report.passkey["none"] and "64" not in report.passkey["none"]  # 64 can't hold the needle
+    assert "256" in report.passkey["none"] and "128" not in report.passkey["none"]  # 128 can't hold the task line, needle and question
     assert dataclasses.is_dataclass(report)

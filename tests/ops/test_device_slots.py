@@ -22,7 +22,7 @@ def device_task_runs(api: str, since: datetime.datetime) -> list[dict]:
 
 
 def test_two_pipelines_started_together_take_turns_on_the_device(prefect_server, prefect_api):
-    since = datetime.datetime.now(datetime.timezone.utc)
+    since = datetime.datetime.now(datetime.UTC)
     runs = [subprocess.Popen([ROPELAB, "pipeline", "--config", "smoke", "--set", f"search.seed={seed}",
                               "--set", "experiment=device-slots"], env=client_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True) for seed in (101, 102)]
@@ -31,7 +31,7 @@ def test_two_pipelines_started_together_take_turns_on_the_device(prefect_server,
     tasks = sorted(device_task_runs(prefect_api, since), key=lambda r: r["start_time"])
     flows = {r["flow_run_id"] for r in tasks}
     assert len(tasks) >= 10 and len(flows) >= 4  # searches, fine-tunes, evaluations of both pipelines ran
-    for earlier, later in zip(tasks, tasks[1:]):
+    for earlier, later in zip(tasks, tasks[1:], strict=False):
         assert earlier["end_time"] <= later["start_time"], f"{earlier['name']} overlaps {later['name']}"
     limit = httpx.get(f"{prefect_api}/v2/concurrency_limits/{limit_name()}").json()
     assert limit["limit"] == 1 and limit["active_slots"] == 0
