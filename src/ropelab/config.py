@@ -51,6 +51,16 @@ def _stage_ratios(ratios: tuple[float, ...]) -> tuple[float, ...]:
     return ratios
 
 
+def _stock_recovery(ratios: tuple[float, ...]) -> tuple[float, ...]:
+    """Only a recovery search at L is ever used: transformers' longrope applies the short set to inputs up to L,
+    and a stock export holds one short set (the research code's per-length sets at 2L… are not expressible)."""
+    if list(ratios) != [1.0]:
+        raise ValueError(f"must be [1]: transformers' longrope uses the short set only up to L and a stock export "
+                         f"holds one, so a recovery search at another multiple of L would never be used (got "
+                         f"{list(ratios)})")
+    return ratios
+
+
 # Strict ints and bools: YAML's `true` is not a step count, `1` is not a switch and "3" is not a number of layers.
 Int = Annotated[int, Strict()]
 Positive = Annotated[Int, Field(ge=1)]
@@ -66,6 +76,8 @@ Probability = Annotated[Number, Field(ge=0, le=1)]
 AboveOne = Annotated[Number, Field(gt=1)]
 StageRatios = Annotated[tuple[Number, ...], AfterValidator(_stage_ratios)]
 Ratios = Annotated[tuple[Ratio, ...], Field(min_length=1)]
+RecoveryRatios = Annotated[Ratios, AfterValidator(_stock_recovery)]
+ShortAttention = Literal["long", "one"]  # ropelab.rope.modules.SHORT_ATTENTION
 Name = Annotated[str, Field(pattern=SAFE_NAME, max_length=100)]
 DataName = Annotated[Name, AfterValidator(_not_reserved)]
 # the zoo's baselines (ropelab.eval.zoo.BASELINES; tests/test_config_choices.py checks they agree)
@@ -303,9 +315,11 @@ class PipelineConfig:
 
     ratios: StageRatios = doc("stage-1 search ratios r1, r2 on the base model (paper: 32, 64)", (32.0, 64.0))
     final_ratio: AboveOne = doc("stage-2 search ratio r3 over the fine-tuned length (paper: 8)", 8.0)
-    recovery_ratios: Ratios = doc("recovery searches at these multiples of L; the first gives the "
-                                  "exported short factors", (1.0, 2.0))
-    recovery_max_rescale: Ratio = doc("reduced maximum λ for the recovery search", 1.25)
+    recovery_ratios: RecoveryRatios = doc("recovery searches at these multiples of L: [1], the one length whose "
+                                          "short set stock transformers uses (up to L)", (1.0,))
+    recovery_max_rescale: Ratio = doc("reduced maximum λ for the recovery search (the research short factors reach "
+                                      "λ 2.8–5.0 at 4k/8k on LLaMA2: microsoft/LongRoPE longrope@5d6e10a "
+                                      "script/hf_benchmark/low_scale/)", 1.25)
     final_search_iterations: NonNegative = doc("generations of the stage-2 search (0: search.iterations); its "
                                                "fitness runs at the longest length, so small presets make it "
                                                "cheaper", 0)
@@ -321,6 +335,11 @@ class PipelineConfig:
     clex: Flag = doc("run the CLEX stage (trained on the base model) and compare it in the final evaluation", True)
     clex_compare_pi: Flag = doc("the CLEX stage also fine-tunes PI on the same tokens (clex.compare_pi_scale), as "
                                 "`ropelab clex` does; off: CLEX is compared with the LongRoPE stages only", True)
+    short_attention: ShortAttention = doc("attention factor of inputs up to L under the short set, in the recovery "
+                                          "search, the short-set choice and the evaluation: long = the long set's "
+                                          "(transformers' longrope: logits ×1.75 at 4k for a 2048k LLaMA2); one = "
+                                          "1 up to L (the research inference), which a stock export cannot hold "
+                                          "(recorded as lossy)", "long")
 
 
 def _cron(expression: str) -> str:
