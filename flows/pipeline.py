@@ -3,7 +3,7 @@
 base → search r1, r2 (base model) → fine-tune at L·r1 with the r1 factors, then at L·r2 with the r2 factors →
 search r3 on the fine-tuned model (stored factors = product) → recovery searches at short lengths → CLEX
 (trained on the base model, with a PI fine-tune on the same tokens) → evaluation of every stage's output →
-export (short_factor = recovery or long, long_factor = final). Adding a stage: a stage function (a subflow
+export (short_factor = recovery or long, long_factor = final), scored as stock transformers loads it. Adding a stage: a stage function (a subflow
 running its tasks through ``runner.stage``), one line here, a field of ``PipelineOutcome`` if later stages or
 the summary use it, and its config view in ``ropelab.recipe``. ``--rerun-from STAGE`` recomputes that stage
 and everything after it.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from prefect import flow
 
 from ropelab import recipe
-from ropelab.artifacts import ModelArtifact, SearchArtifact
+from ropelab.artifacts import ExportArtifact, ModelArtifact, SearchArtifact
 from ropelab.config import PIPELINE_STAGES, RunConfig
 from ropelab.errors import RopelabError
 from ropelab.eval.report import PipelineOutcome, pipeline_report
@@ -24,8 +24,9 @@ from ropelab.flows.data import data_flow
 from ropelab.flows.evaluate import evaluate_stage
 from ropelab.flows.finetune import finetune_flow
 from ropelab.flows.search import search_flow
+from ropelab.plan import final_length
 from ropelab.tasks import runner
-from ropelab.tasks.export import choose_short_set, export_final, lambda_spec
+from ropelab.tasks.export import choose_short_set, export_final, fitness_windows, lambda_spec, score_export
 
 
 def refresh_from(rerun_from: str | None):
@@ -52,11 +53,12 @@ def pipeline_flow(cfg: RunConfig, rerun_from: str | None = None) -> PipelineOutc
         long = lambda_spec(stage2.lam, ft2)
         recovery = {r: search_flow(recipe.recovery(cfg, r, long.get("attention_factor", 0.0)), run, ft2, data,
                                    refresh("recovery")) for r in p.recovery_ratios}
-        choice = short_choice(cfg, parent, ft2, data, long, recovery[p.recovery_ratios[0]], refresh("recovery"))
+        fitness = fitness_of(cfg, stage1, stage2, recovery, long)
+        choice = short_choice(cfg, parent, ft2, data, long, recovery[p.recovery_ratios[0]], fitness,
+                              refresh("recovery"))
         clex = clex_stage(cfg, run, base, data, refresh("clex")) if p.clex else None
         reports = evaluate_stages(cfg, run, base, data, stage1, ft2, long, choice.short, clex, refresh("evaluate"))
-        export = parent.record(parent.call(export_final, ft2, long, choice.short, f"longrope-{cfg.preset}",
-                                           refresh=refresh("export")))
+        export = parent.record(export_stage(cfg, parent, ft2, data, long, choice.short, refresh("export")))
         outcome = PipelineOutcome(data, base, stage1, (ft1, ft2), stage2, recovery, choice, clex, reports,
                                   combined_table(reports), export, None, run_id=run)
         outcome = parent.record(pipeline_report(cfg, outcome, parent.durations(), parent.report_dir()))
@@ -64,12 +66,31 @@ def pipeline_flow(cfg: RunConfig, rerun_from: str | None = None) -> PipelineOutc
     return outcome
 
 
+def fitness_of(cfg: RunConfig, stage1: dict, stage2: SearchArtifact, recovery: dict, long: dict) -> tuple:
+    """(length, count, seed) of every search's validation fitness windows, which the short-set choice avoids."""
+    views = [(stage1[r], recipe.search1(cfg, r)) for r in stage1] + [(stage2, recipe.search2(cfg))]
+    views += [(recovery[r], recipe.recovery(cfg, r, long.get("attention_factor", 0.0))) for r in recovery]
+    return tuple(fitness_windows(search, view.search) for search, view in views)
+
+
 def short_choice(cfg: RunConfig, parent: runner.Stage, model: ModelArtifact, data, long: dict,
-                 recovery: SearchArtifact, refresh: bool):
-    """Recovery's short set only if it beats the long set at L on validation windows (else keep the long)."""
+                 recovery: SearchArtifact, fitness: tuple, refresh: bool):
+    """Recovery's short set only if it beats the long set at L on validation windows no search was fitted on
+    (``fitness``: every search's fitness windows); else keep the long."""
     searched = lambda_spec(recovery.lam, model, short_of=long)
     return parent.record(parent.call(choose_short_set, model, data, long, {"recovery": searched, "long": long},
-                                     cfg.search.num_windows, cfg.search.seed, refresh=refresh))
+                                     cfg.search.num_windows, cfg.search.seed, fitness, cfg.pipeline.short_attention,
+                                     refresh=refresh))
+
+
+def export_stage(cfg: RunConfig, parent: runner.Stage, model: ModelArtifact, data, long: dict, short: dict,
+                 refresh: bool) -> ExportArtifact:
+    """The stock export, then its held-out PPL at L and the final length as stock transformers loads it (the
+    headline's numbers), on the fine-tuned evaluation's windows."""
+    export = parent.call(export_final, model, long, short, f"longrope-{cfg.preset}", cfg.pipeline.short_attention,
+                         refresh=refresh)
+    lengths = (cfg.model.context_length, final_length(cfg))
+    return parent.call(score_export, export, data, recipe.finetuned_eval(cfg).eval, lengths, refresh=refresh)
 
 
 def evaluate_stages(cfg, run, base, data, stage1, ft2, long, short, clex, refresh: bool) -> dict:
@@ -77,7 +98,8 @@ def evaluate_stages(cfg, run, base, data, stage1, ft2, long, short, clex, refres
     without the chosen short factors), and CLEX with the PI comparison when the CLEX stage ran."""
     reports = {"base": evaluate_stage("evaluate-base", recipe.base_eval(cfg, [s.lam for s in stage1.values()]), run,
                                       base, data, refresh, title="base")}
-    settings = {"progressive": {"long": long, "short": None}, "progressive_recovery": {"long": long, "short": short}}
+    settings = {"progressive": {"long": long, "short": None},
+                "progressive_recovery": {"long": long, "short": short, "short_attention": cfg.pipeline.short_attention}}
     reports["finetuned"] = evaluate_stage("evaluate-finetuned", recipe.finetuned_eval(cfg), run, ft2, data, refresh,
                                           settings, title="fine-tuned")
     if clex is None:

@@ -58,12 +58,17 @@ def zoo_methods(loaded, model: ModelArtifact, cfg: EvalConfig, basics, lengths, 
     methods.update(lambda_methods([path for path, _ in lambda_files], basics))
     for name, pair in (settings or {}).items():
         short = RopeSpec.from_dict(pair["short"]) if pair.get("short") else None
-        long, rule = RopeSpec.from_dict(pair["long"]), pair.get("short_attention", "long")
-        if rule == "long" or short is None:
-            methods[name] = zoo.fixed(long, short)
-        else:  # a rule transformers' longrope lacks: the rotary module itself (the zoo shares no result with it)
-            methods[name] = lambda n, b, module=rotary_for(long, short, basics, rule): module
+        methods[name] = fixed_setting(RopeSpec.from_dict(pair["long"]), short, pair.get("short_attention", "long"),
+                                      basics)
     return methods
+
+
+def fixed_setting(long: RopeSpec, short: RopeSpec | None, short_attention: str, basics):
+    """A pipeline's (long, short) sets with the short-input attention rule (``modules.SHORT_ATTENTION``)."""
+    if short_attention == "long" or short is None:
+        return zoo.fixed(long, short)
+    module = rotary_for(long, short, basics, short_attention)  # not transformers' rule: the module itself
+    return lambda n, b: module  # (so the zoo shares none of its results with another setting)
 
 
 @device_task(name="evaluate-zoo", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
@@ -71,7 +76,8 @@ def evaluate_zoo(model: ModelArtifact, data: DataArtifact, cfg: EvalConfig,
                  lambda_files: tuple[tuple[Path, str], ...] = (), settings: dict | None = None,
                  title: str = "") -> EvalArtifact:
     """PPL grid + passkey grid for the baselines, λ files ((path, sha256) pairs: the content is in the key) and
-    fixed ``settings`` ({name: {"long": spec dict, "short": spec dict | None}}, e.g. a pipeline's final sets)."""
+    fixed ``settings`` ({name: {"long": spec dict, "short": spec dict | None, "short_attention": "long" | "one"
+    (optional)}}, e.g. a pipeline's final sets)."""
     loaded, tokenizer = load_model(model.path)
     basics = rope_basics(loaded.config)
     if cfg.original_length:

@@ -150,10 +150,11 @@ class ShortChoice:
     short: dict
     validation_ppl: dict[str, float]
     length: int
+    windows: str = ""  # which windows scored the candidates (disjoint from every search's fitness windows)
 
     def record(self) -> Record:
         return Record({f"short_choice/{k}": v for k, v in self.validation_ppl.items()},
-                      tags={"short_choice.chosen": self.chosen})
+                      tags={"short_choice.chosen": self.chosen, "short_choice.windows": self.windows})
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,10 @@ class ExportArtifact(Artifact):
 
     lossy: tuple[str, ...] = ()
     rope_parameters: dict = field(default_factory=dict)
+    stock_ppl: dict[int, float] = field(default_factory=dict)  # held-out PPL by length, loaded by stock transformers
 
     def record(self) -> Record:
         tags = {"export.path": str(self.path), "export.rope_type": str(self.rope_parameters.get("rope_type"))}
         if self.lossy:
             tags["export.lossy"] = "; ".join(self.lossy)
-        return Record(tags=tags)
+        return Record({f"export/stock_ppl/{n}": v for n, v in self.stock_ppl.items()}, tags=tags)

@@ -24,11 +24,15 @@ def search2(cfg: RunConfig) -> RunConfig:
 
 
 def recovery(cfg: RunConfig, ratio: float, attention_factor: float) -> RunConfig:
-    """Short factors at L·ratio, capped by pipeline.recovery_max_rescale, scored with the long set's attention
-    factor (transformers applies it to short inputs too)."""
+    """Short factors at L·ratio, capped by pipeline.recovery_max_rescale, scored with the attention factor short
+    inputs get (pipeline.short_attention): the long set's ``attention_factor`` (transformers applies it to short
+    inputs too), or 1 (the research inference). The research short factors are not capped this low: λ up to
+    2.79 / 3.00 at 4k / 8k for the LLaMA2 128k model and 4.96 at 8k for the 256k one (microsoft/LongRoPE
+    longrope@5d6e10a script/hf_benchmark/low_scale/low_scale_la2_*.csv); ropelab's default cap is 1.25."""
+    attention = attention_factor if cfg.pipeline.short_attention == "long" else 1.0
     return derive(cfg, search={"scale": ratio, "mode": "recovery", "start_tokens": "none",
                                **stage_search_overrides(cfg.pipeline, "recovery"),
-                               "max_rescale": cfg.pipeline.recovery_max_rescale, "attention_factor": attention_factor})
+                               "max_rescale": cfg.pipeline.recovery_max_rescale, "attention_factor": attention})
 
 
 def pi_comparison(cfg: RunConfig, length: str = "train") -> RunConfig:

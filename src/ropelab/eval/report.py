@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,12 +42,17 @@ class PipelineOutcome:
     run_id: str = ""
     summary: str = field(default="", compare=False)
     report_dir: Path | None = None
+    in_memory: ExtensionHeadline | None = None  # the in-memory model's, when the stock export drops part of it
 
     def record(self) -> Record:
-        """The parent run: headline and minutes per stage as metrics (MLflow's compare view), summary and plot."""
+        """The parent run: headline (the stock export's; the in-memory model's beside it when the export is lossy)
+        and minutes per stage as metrics (MLflow's compare view), summary and plot."""
         metrics = {"headline/final_length_ppl_over_base_at_L": self.headline.long_ratio,
                    "headline/change_at_L": self.headline.short_change,
                    **{f"minutes/{name}": seconds / 60 for name, seconds in self.durations}}
+        if self.in_memory is not None:
+            metrics |= {"headline/in_memory_final_length_ppl_over_base_at_L": self.in_memory.long_ratio,
+                        "headline/in_memory_change_at_L": self.in_memory.short_change}
         files = ((self.report_dir / "summary.md", ""), (self.report_dir / "every_stage_ppl_vs_length.png", "plots"))
         # the MLflow run's description (mlflow.note.content) is the summary: the headline first, readable in the UI
         tags = {"export.path": str(self.export.path), "mlflow.note.content": self.summary}
@@ -82,11 +87,19 @@ def stage_times_markdown(durations) -> str:
     return "\n".join(["| stage | minutes |", "|---|---:|", *rows, f"| all stages | {total / 60:.2f} |"])
 
 
-def headline_line(cfg: RunConfig, h: ExtensionHeadline) -> str:
+def headline_line(cfg: RunConfig, h: ExtensionHeadline, in_memory: ExtensionHeadline | None = None,
+                  lossy: Sequence[str] = ()) -> str:
+    """The stock export's numbers (as transformers loads it); when the export drops part of the in-memory RoPE
+    (``lossy``: n̂, the short-input attention rule), the in-memory model's beside them, labelled."""
     L = cfg.model.context_length
-    return (f"**{final_length(cfg)} tokens: PPL {h.final_at_final_length:.3f}, {h.long_ratio:.2f}× the base model's "
-            f"{h.base_at_L:.3f} at {L}; at {L}: {h.final_at_L:.3f} ({h.short_change:+.1%})** (exported model, "
-            "held-out windows)")
+    line = (f"**{final_length(cfg)} tokens: PPL {h.final_at_final_length:.3f}, {h.long_ratio:.2f}× the base model's "
+            f"{h.base_at_L:.3f} at {L}; at {L}: {h.final_at_L:.3f} ({h.short_change:+.1%})** (the export as stock "
+            "transformers loads it, held-out windows)")
+    if in_memory is None:
+        return line
+    dropped = "; ".join(note.split(";")[0] for note in lossy)
+    return (f"{line}; in memory, with what the export drops ({dropped}): {in_memory.final_at_final_length:.3f} "
+            f"({in_memory.long_ratio:.2f}×), at {L}: {in_memory.final_at_L:.3f} ({in_memory.short_change:+.1%})")
 
 
 def stage_lines(cfg: RunConfig, o: PipelineOutcome) -> list[str]:
@@ -99,18 +112,27 @@ def stage_lines(cfg: RunConfig, o: PipelineOutcome) -> list[str]:
              f"- search {cfg.pipeline.final_ratio:g}× on the fine-tuned model: test PPL {o.stage2.test_ppl['winner']:.3f}",
              *[f"- recovery {r:g}×: test PPL {s.test_ppl['winner']:.3f}" for r, s in o.recovery.items()],
              f"- short factors exported: **{choice.chosen}** (validation PPL at {choice.length}: "
-             + ", ".join(f"{k} {v:.3f}" for k, v in choice.validation_ppl.items()) + ")"]
+             + ", ".join(f"{k} {v:.3f}" for k, v in choice.validation_ppl.items())
+             + (f"; {choice.windows}" if choice.windows else "") + f"; short-input attention: {short_attention(cfg)})"]
     if o.clex is not None:
         m = o.clex.metrics
         lines.append(f"- CLEX (max_t {cfg.clex.max_t}): `{o.clex.path}` (loss {m['clex/first_loss']:.3f} → "
                      f"{m['clex/final_loss']:.3f}, {m['clex/seconds']:.0f} s)")
     lossy = f" (lossy: {'; '.join(o.export.lossy)})" if o.export.lossy else ""
-    return [*lines, f"- export: `{o.export.path}`{lossy}"]
+    stock = ", ".join(f"{n}: {v:.3f}" for n, v in sorted(o.export.stock_ppl.items()))
+    return [*lines, f"- export: `{o.export.path}`{lossy}; held-out PPL as stock transformers loads it: {stock}"]
+
+
+def short_attention(cfg: RunConfig) -> str:
+    if cfg.pipeline.short_attention == "long":
+        return "the long set's attention factor (transformers' longrope)"
+    return "1 up to L (the research inference; not in the stock export)"
 
 
 def pipeline_summary(cfg: RunConfig, o: PipelineOutcome, zoo_markdown: Mapping[str, str]) -> str:
     """Headline first, then every stage's output, one table of every stage, each zoo, the stage times."""
-    lines = [f"# ropelab pipeline: {cfg.preset}", "", headline_line(cfg, o.headline), "", *stage_lines(cfg, o), "",
+    lines = [f"# ropelab pipeline: {cfg.preset}", "", headline_line(cfg, o.headline, o.in_memory, o.export.lossy), "",
+             *stage_lines(cfg, o), "",
              "## every stage", "", comparison_markdown(o.combined, cfg, "Held-out PPL of every stage's output"), ""]
     for name, text in zoo_markdown.items():
         lines += [f"## {name} model", "", text, ""]
@@ -118,10 +140,15 @@ def pipeline_summary(cfg: RunConfig, o: PipelineOutcome, zoo_markdown: Mapping[s
 
 
 def pipeline_report(cfg: RunConfig, outcome: PipelineOutcome, durations, out: Path) -> PipelineOutcome:
-    """Headline, summary.md and the every-stage plot in ``out``; the outcome with them filled in."""
-    rows, L = outcome.combined, cfg.model.context_length
-    headline = extension_headline(rows["base:none"], rows["finetuned:progressive_recovery"], L, final_length(cfg))
-    outcome = dataclasses.replace(outcome, headline=headline, durations=tuple(durations), report_dir=out)
+    """Headline, summary.md and the every-stage plot in ``out``; the outcome with them filled in. The headline is
+    the stock export's (``export.stock_ppl``); when the export is lossy, the in-memory model's
+    (finetuned:progressive_recovery, the same windows) goes beside it."""
+    rows, L, final = outcome.combined, cfg.model.context_length, final_length(cfg)
+    headline = extension_headline(rows["base:none"], outcome.export.stock_ppl, L, final)
+    in_memory = (extension_headline(rows["base:none"], rows["finetuned:progressive_recovery"], L, final)
+                 if outcome.export.lossy else None)
+    outcome = dataclasses.replace(outcome, headline=headline, in_memory=in_memory, durations=tuple(durations),
+                                  report_dir=out)
     zoos = {n: (r.path / "zoo.md").read_text() for n, r in outcome.reports.items() if n in ("base", "finetuned")}
     summary = pipeline_summary(cfg, outcome, zoos)
     out.mkdir(parents=True, exist_ok=True)

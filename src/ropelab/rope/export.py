@@ -15,7 +15,9 @@ from pathlib import Path
 from torch import nn
 
 from ropelab.atomic import staged_directory
+from ropelab.errors import RopelabError
 from ropelab.rope.adapter import stock_config
+from ropelab.rope.modules import SHORT_ATTENTION
 from ropelab.rope.registry import RopeSpec
 
 EXPORT_RECORD = "ropelab_export.json"
@@ -40,9 +42,17 @@ class ExportReport:
                 "max_position_embeddings": self.max_position_embeddings, "lossy": self.lossy, "notes": self.notes}
 
 
-def lossy_notes(long: RopeSpec, short: RopeSpec | None) -> list[str]:
-    """One line per part of (long, short) the stock config drops (n̂), so it is reported, never silent."""
+def lossy_notes(long: RopeSpec, short: RopeSpec | None, short_attention: str = "long") -> list[str]:
+    """One line per part of (long, short) the stock config drops (n̂; an attention factor of 1 up to L), so it is
+    reported, never silent."""
+    if short_attention not in SHORT_ATTENTION:
+        raise RopelabError(f"short_attention must be one of {', '.join(SHORT_ATTENTION)}, got {short_attention!r}")
     notes = []
+    if short is not None and short_attention == "one":
+        factor = long.compute()[1]
+        notes.append(f"short set: attention factor 1 up to L (short_attention = one, the research inference) "
+                     f"dropped; stock transformers applies the long set's {factor:.4g} to short inputs too (logits "
+                     f"×{factor ** 2:.4g}; install_rope(..., short_attention='one') restores it)")
     for name, spec in (("long", long), ("short", short)):
         if spec is not None and spec.start_tokens:
             notes.append(
@@ -53,13 +63,15 @@ def lossy_notes(long: RopeSpec, short: RopeSpec | None) -> list[str]:
 
 
 def export_hf(model: nn.Module, out_dir: str | Path, long: RopeSpec, short: RopeSpec | None = None,
-              tokenizer=None, provenance: dict | None = None) -> ExportReport:
-    """Save ``model`` with stock rope_parameters for (long, short); record what could not be expressed."""
+              tokenizer=None, provenance: dict | None = None, short_attention: str = "long") -> ExportReport:
+    """Save ``model`` with stock rope_parameters for (long, short); record what could not be expressed.
+    ``short_attention``: the rule the in-memory model used for inputs up to L (``modules.SHORT_ATTENTION``)."""
     config, params, notes = stock_config(model.config, long, short)
     out = Path(out_dir)
-    report = ExportReport(out, params, config.max_position_embeddings, lossy_notes(long, short), notes)
+    report = ExportReport(out, params, config.max_position_embeddings, lossy_notes(long, short, short_attention),
+                          notes)
     record = {**report.to_dict(), "long": long.to_dict(), "short": short.to_dict() if short else None,
-              "provenance": provenance or {}}
+              "short_attention": short_attention, "provenance": provenance or {}}
     with staged_directory(out) as staging:  # a half-written export never looks complete
         model.save_pretrained(staging)
         config.save_pretrained(staging)

@@ -28,6 +28,7 @@ from ropelab.rope.registry import RopeSpec
 from ropelab.rope.rotary import rotary_cos_sin
 
 LAYOUT_POSITIONS = 8  # positions compared by check_rotary_layout: enough to tell layouts and scales apart
+SHORT_ATTENTION = ("long", "one")  # the attention factor of inputs up to L under a short set (RopelabRotaryEmbedding)
 
 
 def _rotary_owner(model: nn.Module) -> nn.Module:
@@ -46,15 +47,22 @@ class RopelabRotaryEmbedding(nn.Module):
     """Drop-in rotary module: ``forward(x, position_ids) -> (cos, sin)`` of shape (batch, seq, head_dim).
 
     Uses ``long`` for every length, or, when ``short`` is given, ``short`` while
-    ``max(position_ids) + 1 <= switch_length`` (transformers' longrope rule). As in transformers' longrope,
-    both sets use the long set's attention factor. Crossing the threshold during generation invalidates
-    cached keys (they were rotated with the other set): decode with the set the final length needs.
+    ``max(position_ids) + 1 <= switch_length`` (transformers' longrope rule). ``short_attention`` (one of
+    ``SHORT_ATTENTION``): ``long``, both sets use the long set's attention factor, as transformers' longrope
+    does; ``one``, inputs up to switch_length get 1, as the research inference did (microsoft/LongRoPE
+    longrope@5d6e10a rope/LlamaLongRoPEScaledRotaryEmbedding.py: mscale = su(max(seq_len / L, 1))), which stock
+    transformers cannot express. Crossing the threshold during generation invalidates cached keys (they were
+    rotated with the other set): ``ropelab.rope.generation.greedy_generate`` re-prefills there.
     """
 
-    def __init__(self, long: RopeSpec, short: RopeSpec | None = None, switch_length: int | None = None):
+    def __init__(self, long: RopeSpec, short: RopeSpec | None = None, switch_length: int | None = None,
+                 short_attention: str = "long"):
         super().__init__()
         if short is not None and switch_length is None:
             raise RopelabError("a short factor set needs switch_length (the original context length)")
+        if short_attention not in SHORT_ATTENTION:
+            raise RopelabError(f"short_attention must be one of {', '.join(SHORT_ATTENTION)}, got {short_attention!r}")
+        self.short_attention = short_attention
         for spec in (short,) if short is not None else ():
             if (spec.head_dim, spec.base) != (long.head_dim, long.base):
                 raise RopelabError("short and long sets must share head_dim and base")
@@ -74,7 +82,7 @@ class RopelabRotaryEmbedding(nn.Module):
         if key not in self._cache:
             inv_freq, attention = spec.compute(seq_len)
             if spec is self.short:
-                attention = self.long.compute(seq_len)[1]
+                attention = self.long.compute(seq_len)[1] if self.short_attention == "long" else 1.0
             self._cache[key] = (inv_freq, attention)
         return self._cache[key]
 
@@ -180,18 +188,21 @@ def rotary_module(model: nn.Module) -> nn.Module:
     return _rotary_owner(model).rotary_emb
 
 
-def rotary_for(long: RopeSpec, short: RopeSpec | None, basics: RopeBasics) -> RopelabRotaryEmbedding:
+def rotary_for(long: RopeSpec, short: RopeSpec | None, basics: RopeBasics,
+               short_attention: str = "long") -> RopelabRotaryEmbedding:
     """The rotary module ``install_rope`` installs for these specs on a model with these basics."""
     for spec in (long, short):
         if spec is not None:
             check_compatible(spec, basics)
     switch = long.original_max_position_embeddings or basics.original_max_position_embeddings
-    return RopelabRotaryEmbedding(long, short, switch if short is not None else None)
+    return RopelabRotaryEmbedding(long, short, switch if short is not None else None, short_attention)
 
 
-def install_rope(model: nn.Module, long: RopeSpec, short: RopeSpec | None = None) -> RopelabRotaryEmbedding:
-    """Replace the model's rotary module by one computing ``long`` (and ``short`` for short inputs)."""
-    return install_rotary(model, rotary_for(long, short, rope_basics(model.config)))
+def install_rope(model: nn.Module, long: RopeSpec, short: RopeSpec | None = None,
+                 short_attention: str = "long") -> RopelabRotaryEmbedding:
+    """Replace the model's rotary module by one computing ``long`` (and ``short`` for short inputs, with the
+    ``short_attention`` rule)."""
+    return install_rotary(model, rotary_for(long, short, rope_basics(model.config), short_attention))
 
 
 def uninstall_rope(model: nn.Module) -> None:
