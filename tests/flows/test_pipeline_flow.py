@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ropelab.config import derive, load_config
+from ropelab.rope import RopeSpec
 from ropelab.rope.export import load_export_specs
 from ropelab.rope.modules import install_rope
 from ropelab.tasks.home import resolve_config
@@ -56,8 +58,9 @@ def test_every_stage_ran_and_is_recorded(first):
     children = tracking.child_runs(result.run_id)
     stages = {r.data.tags["ropelab.stage"] for r in children}
     assert {"data", "base", "search1-2x", "search1-4x", "finetune-128", "finetune-256", "search2-2x", "recovery-1x",
-            "recovery-2x", "clex", "finetune-64", "evaluate-base", "evaluate-finetuned", "evaluate-clex",
+            "clex", "finetune-64", "evaluate-base", "evaluate-finetuned", "evaluate-clex",
             "evaluate-pi-4x-at-64", "evaluate-pi-4x-at-256"} <= stages
+    assert not any(name.startswith("recovery-") and name != "recovery-1x" for name in stages)
     assert all(r.data.tags["data.version"] == result.data.fingerprint for r in children)
     assert all(r.info.status == "FINISHED" for r in children)
     assert "summary.md" in {a.path for a in tracking.client().list_artifacts(result.run_id)}
@@ -71,19 +74,28 @@ def test_running_the_smoke_preset_leaves_the_repository_clean(first):
     assert status.returncode == 0 and status.stdout == ""
 
 
-def test_summary_opens_with_the_headline_numbers_also_logged_on_the_parent_run(first):
+def test_summary_opens_with_the_stock_export_headline_also_logged_on_the_parent_run(first):
+    """The headline is the export as stock transformers loads it; the in-memory number (with n̂, which the
+    export drops) stands beside it, labelled, exactly when the export is lossy."""
     from ropelab.tasks import tracking
 
     result, _ = first
     rows = result.combined
-    base_at_L, tuned = rows["base:none"][64], rows["finetuned:progressive_recovery"]
+    base_at_L, stock, in_memory = rows["base:none"][64], result.export.stock_ppl, rows["finetuned:progressive_recovery"]
     first_line = result.summary.split("\n")[2]  # smoke: L = 64, final length 64 · 4 · 2 = 512
-    assert first_line.startswith(f"**512 tokens: PPL {tuned[512]:.3f}, {tuned[512] / base_at_L:.2f}× the base "
-                                 f"model's {base_at_L:.3f} at 64; at 64: {tuned[64]:.3f}")
+    assert first_line.startswith(f"**512 tokens: PPL {stock[512]:.3f}, {stock[512] / base_at_L:.2f}× the base "
+                                 f"model's {base_at_L:.3f} at 64; at 64: {stock[64]:.3f}")
+    assert "(the export as stock transformers loads it, held-out windows)" in first_line
     metrics = tracking.client().get_run(result.run_id).data.metrics
-    assert metrics["headline/final_length_ppl_over_base_at_L"] == pytest.approx(tuned[512] / base_at_L)
-    assert metrics["headline/change_at_L"] == pytest.approx(tuned[64] / base_at_L - 1)
+    assert metrics["headline/final_length_ppl_over_base_at_L"] == pytest.approx(stock[512] / base_at_L)
+    assert metrics["headline/change_at_L"] == pytest.approx(stock[64] / base_at_L - 1)
     assert metrics["minutes/base"] > 0
+    if result.export.lossy:  # n̂ > 0: the stock export differs from what the evaluation scored
+        assert "; in memory, with what the export drops (long set: n̂ = " in first_line
+        assert f"{in_memory[512]:.3f} ({in_memory[512] / base_at_L:.2f}×), at 64: {in_memory[64]:.3f}" in first_line
+        assert metrics["headline/in_memory_change_at_L"] == pytest.approx(in_memory[64] / base_at_L - 1)
+    else:  # the same weights and RoPE on the same windows: the same numbers
+        assert stock == {n: in_memory[n] for n in (64, 512)} and "in memory" not in first_line
 
 
 def test_summary_lists_the_wall_time_of_every_stage_run(first):
@@ -106,19 +118,25 @@ def test_stage_two_search_takes_its_own_iteration_count(first):
     assert len(generations) == 1 + 2  # initial population + pipeline.final_search_iterations (search: 3)
 
 
-def test_export_reloads_in_stock_transformers_with_equal_logits(first):
+def test_export_equals_the_fine_tuned_model_with_the_pipeline_sets_reloaded_independently(first):
+    """Stock transformers on the export against the fine-tuned model's own directory with the sets the pipeline
+    evaluated (stage 2's λ file, the chosen short set; n̂ left out: the export drops it), bit for bit."""
+    from ropelab.tasks.export import lambda_spec
+
     result, _ = first
-    path = result.export.path
-    stock = AutoModelForCausalLM.from_pretrained(path).eval()
+    stock = AutoModelForCausalLM.from_pretrained(result.export.path).eval()
     assert stock.config.rope_parameters["rope_type"] == "longrope"
-    long, short = load_export_specs(path)
-    assert bool(result.export.lossy) == bool(long.start_tokens or (short and short.start_tokens))
-    ours = AutoModelForCausalLM.from_pretrained(path).eval()
-    install_rope(ours, long.replace(start_tokens=0), short.replace(start_tokens=0) if short else None)  # n̂: lossy
-    for length in (32, 64, 300):
+    finetuned = result.finetuned[1]
+    long = RopeSpec.from_dict(lambda_spec(result.stage2.lam, finetuned))
+    short = RopeSpec.from_dict(result.short_choice.short)
+    assert bool(result.export.lossy) == bool(long.start_tokens or short.start_tokens)
+    ours = AutoModelForCausalLM.from_pretrained(finetuned.path).eval()
+    install_rope(ours, long.replace(start_tokens=0), short.replace(start_tokens=0))
+    assert load_export_specs(result.export.path) == (long, short)  # the record keeps n̂
+    for length in (32, 64, 65, 300):
         ids = torch.randint(0, 256, (1, length), generator=torch.Generator().manual_seed(length))
         with torch.no_grad():
-            assert (stock(ids).logits - ours(ids).logits).abs().max().item() <= 1e-5
+            assert torch.equal(stock(ids).logits, ours(ids).logits), length
 
 
 def test_exported_short_factors_are_the_better_set_at_L(first):
@@ -129,6 +147,29 @@ def test_exported_short_factors_are_the_better_set_at_L(first):
     exported = AutoModelForCausalLM.from_pretrained(result.export.path).config.rope_parameters
     assert exported["short_factor"] == pytest.approx(list(choice.short["rescale_factors"]))
     assert f"short factors exported: **{choice.chosen}**" in result.summary
+
+
+def test_short_choice_scores_windows_no_search_was_fitted_on(first):
+    """Every search's fitness windows are avoided: their lengths are the searches' own target lengths."""
+    from ropelab import recipe
+    from ropelab.flows.pipeline import fitness_of
+    from ropelab.models import load_model
+    from ropelab.tasks.export import lambda_spec
+    from ropelab.tasks.search import space_for
+
+    result, _ = first
+    cfg, finetuned = smoke(), result.finetuned[1]
+    long = lambda_spec(result.stage2.lam, finetuned)
+    fitness = fitness_of(cfg, result.stage1, result.stage2, result.recovery, long)
+    base, tuned = load_model(result.base.path)[0], load_model(finetuned.path)[0]
+    runs = [(base, recipe.search1(cfg, r)) for r in cfg.pipeline.ratios] + [(tuned, recipe.search2(cfg))]
+    runs.append((tuned, recipe.recovery(cfg, 1.0, long["attention_factor"])))
+    assert fitness == tuple((space_for(m, v.search).target_length, v.search.num_windows, v.search.seed)
+                            for m, v in runs)
+    assert [n for n, _, _ in fitness] == [128, 256, 512, 64]
+    choice = result.short_choice
+    assert choice.windows == "8 validation windows of 64 tokens sharing no token with the 4 searches' fitness windows"
+    assert choice.validation_ppl["recovery"] != result.recovery[1.0].validation_ppl["winner"]  # other windows
 
 
 def test_second_run_is_all_cache_hits_with_the_same_mlflow_view(first):
@@ -194,6 +235,36 @@ def test_clex_stage_is_trained_exported_and_compared(first):
     # the PI export's config records only its extended length: evaluated at multiples of the base L all the same
     assert all(set(rows[pi]) == set(rows["clex"]) for pi in pis)
     assert "| clex |" in result.summary and all(f"| {pi} |" in result.summary for pi in pis)
+
+
+def test_research_short_attention_is_searched_evaluated_and_exported_as_lossy(first):
+    """pipeline.short_attention = one: recovery searched and the pair evaluated with attention factor 1 up to L;
+    the export records the rule as lossy, so the headline puts the in-memory numbers beside the stock ones."""
+    from ropelab.flows.pipeline import pipeline_flow
+
+    result, _ = first
+    again = pipeline_flow(derive(smoke(), pipeline={"short_attention": "one"}))
+    assert any("attention factor 1 up to L" in note for note in again.export.lossy)
+    assert again.in_memory is not None and "; in memory, with what the export drops (" in again.summary
+    assert json.loads((again.export.path / "ropelab_export.json").read_text())["short_attention"] == "one"
+    recovery = json.loads(again.recovery[1.0].lam.read_text())
+    assert recovery["attention_factor"] == 1.0 and "short-input attention: 1 up to L" in again.summary
+    beyond = [n for n in again.combined["finetuned:progressive"] if n > 64]
+    assert all(again.combined["finetuned:progressive_recovery"][n] == again.combined["finetuned:progressive"][n]
+               for n in beyond)  # the long set beyond L, whatever the rule
+
+
+@pytest.mark.parametrize("override,message", [
+    ("pipeline.recovery_ratios=[1, 2]", "pipeline.recovery_ratios must be [1]: transformers' longrope uses the short "
+                                        "set only up to L"),
+    ("pipeline.short_attention=research", "pipeline.short_attention"),
+])
+def test_unusable_recovery_ratios_and_unknown_attention_rules_are_one_line(override, message):
+    from ropelab.errors import RopelabError
+
+    with pytest.raises(RopelabError, match=re.escape(message)) as err:
+        load_config(resolve_config("smoke"), [override])
+    assert "\n" not in str(err.value)
 
 
 def test_unknown_rerun_stage_is_a_clear_error():
