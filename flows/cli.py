@@ -130,7 +130,8 @@ def _serve_one(args, make, what: str, announce: bool = False) -> int:
     service = make(paths, args.host, args.port)
 
     def ready():
-        print(f"{what} for {paths.home}: {service.url}  (log: {service.log}; Ctrl-C stops it)", flush=True)
+        print(f"{what} for {paths.home}: {service.landing or service.url}  (log: {service.log}; Ctrl-C stops it)",
+              flush=True)
         if announce:
             servers.announce(paths, service.url, os.getpid())
 

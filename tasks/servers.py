@@ -28,6 +28,7 @@ from ropelab.tasks.home import Paths
 
 STARTUP_SECONDS = 180  # a cold Prefect server takes ~15 s on 2 cores, more under load
 STOP_SECONDS = 20
+TRAINING_VIEW = "workflowType=machine_learning"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Service:
     health: str
     url: str
     log: Path
+    landing: str = ""  # the page to open first (default: url)
 
 
 def is_loopback(host: str) -> bool:
@@ -82,8 +84,9 @@ def mlflow_service(paths: Paths, host: str, port: int) -> Service:
                "--backend-store-uri", paths.tracking_uri, "--workers", "1"]
     if not is_loopback(host):  # the UI refuses other Host headers unless told
         command += ["--allowed-hosts", "*"]
+    # MLflow 3's UI opens in its GenAI (traces) view; this parameter opens the runs tables of model training
     return Service("MLflow UI", command, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"{url}/health", url,
-                   paths.mlflow_db.parent / "ui.log")
+                   paths.mlflow_db.parent / "ui.log", f"{url}/#/?{TRAINING_VIEW}")
 
 
 def url_host(host: str) -> str:

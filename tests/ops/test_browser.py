@@ -8,11 +8,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
 
 from ropelab.tasks import tracking
+from ropelab.tasks.servers import TRAINING_VIEW
 from tests.ops.conftest import ARTIFACTS, ROPELAB, Server, client_env, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not shutil.which("chromedriver"),
@@ -79,20 +82,20 @@ def test_the_mlflow_ui_shows_the_pipeline_its_stages_the_lambda_plot_and_the_zoo
     evaluation = stages["evaluate-finetuned"]
     ui = Server("ui", free_port(), "/health")
     try:
-        base = f"{ui.url}/#/experiments/{experiment_id}"
-        page_shows(browser, base, [EXPERIMENT, run.info.run_name], "mlflow-experiment")
+        base, view = f"{ui.url}/#/experiments/{experiment_id}", f"?{TRAINING_VIEW}"  # the URL `ropelab ui` prints
+        page_shows(browser, base + view, [EXPERIMENT, run.info.run_name], "mlflow-experiment")
         # the pipeline run: its description is the summary, with the headline; its stage runs are listed
-        page_shows(browser, f"{base}/runs/{run.info.run_id}", [run.info.run_name, "ropelab pipeline: smoke"],
+        page_shows(browser, f"{base}/runs/{run.info.run_id}{view}", [run.info.run_name, "ropelab pipeline: smoke"],
                    "mlflow-pipeline-run")
-        page_shows(browser, f"{base}/runs/{search.info.run_id}", [search.info.run_name, run.info.run_name],
+        page_shows(browser, f"{base}/runs/{search.info.run_id}{view}", [search.info.run_name, run.info.run_name],
                    "mlflow-stage-run")  # a stage run names its parent
-        page_shows(browser, f"{base}/runs/{search.info.run_id}/artifacts/result/lambda_curves.png",
+        page_shows(browser, f"{base}/runs/{search.info.run_id}/artifacts/result/lambda_curves.png{view}",
                    ["lambda_curves.png"], "mlflow-lambda-plot")
         wait_for(lambda: image_loaded(browser, "lambda_curves.png"), 60, "the λ plot image")
         browser.save_screenshot(str(SHOTS / "mlflow-lambda-plot.png"))
-        first_row = next(iter(evaluation.data.metrics))  # e.g. ppl/progressive/256: a row of the zoo table
-        row = first_row.split("/")[1]
-        page_shows(browser, f"{base}/runs/{evaluation.info.run_id}/artifacts/zoo/zoo.md", ["zoo.md", f"| {row}"],
+        table = Path(urlparse(evaluation.info.artifact_uri).path, "zoo", "zoo.md").read_text().splitlines()
+        row = next(line for line in table if line.startswith("| ") and "---" not in line)  # the header
+        page_shows(browser, f"{base}/runs/{evaluation.info.run_id}/artifacts/zoo/zoo.md{view}", ["zoo.md", row],
                    "mlflow-zoo-table")
     finally:
         ui.stop()

@@ -33,7 +33,7 @@ def test_the_mlflow_ui_serves_the_store_on_loopback_and_stops_with_its_children_
         assert len(ui.tree) > 1  # mlflow ui runs a server process under ropelab: both must go
     finally:
         code, out = ui.stop()
-    assert code == 0 and f"http://127.0.0.1:{ui.port}" in out
+    assert code == 0 and f"http://127.0.0.1:{ui.port}/#/?workflowType=machine_learning" in out  # the runs view
     assert not ui.leftovers()
 
 
