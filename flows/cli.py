@@ -43,6 +43,8 @@ class UserErrorFilter(logging.Filter):
 
 
 def quiet_user_errors() -> None:
+    import prefect.main  # noqa: F401  (Prefect installs its log handlers on this import: the filter goes on those)
+
     for handler in logging.getLogger("prefect").handlers + logging.getLogger().handlers:
         handler.addFilter(UserErrorFilter())
 

@@ -1,6 +1,6 @@
 """Progress of long task bodies: a rich bar on a terminal, and in every case a line every ``INTERVAL`` seconds
 (and at the end) to the Prefect run's logger, so the Prefect UI shows a stage in flight and a log file of a
-scheduled or CI run is never silent for ten minutes. Non-interactive output also gets the lines on stderr."""
+scheduled or CI run is never silent for ten minutes. Non-interactive output also gets the lines on stdout."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class LoggedProgress(Progress):
         super().__init__(*columns, **kwargs)
         self.interval = interval
         self._last: dict[TaskID, float] = {}
-        self._echo = not sys.stderr.isatty()
+        self._echo = not sys.stdout.isatty()
 
     def update(self, task_id: TaskID, **kwargs) -> None:
         super().update(task_id, **kwargs)
@@ -54,7 +54,7 @@ class LoggedProgress(Progress):
                              task.elapsed or 0.0)
         run_logger().info(line)
         if self._echo:
-            print(line, file=sys.stderr, flush=True)
+            print(line, flush=True)  # stdout, beside the bars; stderr stays for errors
 
 
 def progress_line(what: str, done: float, total: float | None, status: str, elapsed: float) -> str:
