@@ -76,7 +76,7 @@ def test_installed_specs_match_transformers_logits(tiny_llama, rope_type, length
     ours.load_state_dict(reference.state_dict())
     long, short = specs_from_config(reference.config)
     install_rope(ours, long, short)
-    torch.testing.assert_close(logits(ours, length), logits(reference, length), rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits(ours, length), logits(reference, length), rtol=0, atol=0)  # same math: equal, not close
 
 
 @pytest.mark.parametrize("family,rope_type", [("mistral", "yarn"), ("qwen2", "yarn"), ("phi3", "longrope")])
@@ -91,7 +91,7 @@ def test_other_llama_family_models(family, rope_type):
     ours = AutoModelForCausalLM.from_config(AutoConfig.for_model(family, **kwargs)).eval()
     ours.load_state_dict(reference.state_dict())
     install_rope(ours, *specs_from_config(reference.config))
-    torch.testing.assert_close(logits(ours, 2 * L), logits(reference, 2 * L), rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits(ours, 2 * L), logits(reference, 2 * L), rtol=0, atol=0)
 
 
 def test_rope_basics_reads_config(tiny_llama):
