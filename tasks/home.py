@@ -21,8 +21,8 @@ HOME_README = """# ropelab project
 
 Made by `ropelab init`. Run the embedded default here with `ropelab pipeline --config tiny` (or any preset in
 `configs/`, or your own YAML). What lives here: `data*/` + `*.dvc` (corpora under DVC), `mlflow/` (the tracking
-store: `ropelab ui`-style `mlflow ui --backend-store-uri sqlite:///$PWD/mlflow/mlflow.db`), `.prefect/` (Prefect's
-database and the cached task results), `artifacts/` (models, searches, reports, exports).
+store: `ropelab ui` serves it), `.prefect/` (Prefect's database and the cached task results: `ropelab server`
+serves them), `artifacts/` (models, searches, reports, exports). `ropelab runs` lists recent pipelines.
 """
 GITIGNORE = "/mlflow/*\n!/mlflow/.gitkeep\n/.prefect/\n/artifacts/\n/.cache/\n/data/\n/data-*/\n"
 
