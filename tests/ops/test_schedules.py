@@ -32,6 +32,12 @@ def test_an_interval_schedule_runs_a_smoke_pipeline_with_deployment_lineage(pref
     try:
         run = wait_for(lambda: served.poll() is None and finished_pipeline("scheduled-smoke"), 900,
                        "a scheduled smoke pipeline to finish", every=5)
+        # the MLflow run closes inside the pipeline subflow, a moment before the deployment's own flow run
+        # completes: keep `serve` up until Prefect records that (terminating it earlier would crash the run)
+        pipeline = httpx.get(f"{prefect_api}/flow_runs/{run.data.tags['prefect.flow_run_id']}").json()
+        caller = httpx.get(f"{prefect_api}/task_runs/{pipeline['parent_task_run_id']}").json()
+        scheduled = wait_for(lambda: completed_flow_run(prefect_api, caller["flow_run_id"]), 120,
+                             "the scheduled flow run to complete", every=2)
     finally:
         served.terminate()
         out, _ = served.communicate(timeout=120)
@@ -42,11 +48,14 @@ def test_an_interval_schedule_runs_a_smoke_pipeline_with_deployment_lineage(pref
     stages = tracking.child_runs(run.info.run_id)
     assert {"data", "base", "evaluate-base", "evaluate-finetuned"} <= {r.info.run_name for r in stages}
     assert all(r.data.tags["prefect.deployment"] == "smoke-every-15s" for r in stages)
-    # the Prefect side: the deployment has its schedule; its flow run completed and holds the pipeline subflow
+    # the Prefect side: the deployment has its schedule; its completed flow run holds the pipeline subflow
     deployment = httpx.get(f"{prefect_api}/deployments/name/ropelab/smoke-every-15s").json()
     assert deployment["schedules"][0]["schedule"]["interval"] == 15
-    completed = httpx.post(f"{prefect_api}/flow_runs/filter", json={"flow_runs": {
-        "deployment_id": {"any_": [deployment["id"]]}, "state": {"type": {"any_": ["COMPLETED"]}}}}).json()
-    pipeline = httpx.get(f"{prefect_api}/flow_runs/{tags['prefect.flow_run_id']}").json()
-    caller = httpx.get(f"{prefect_api}/task_runs/{pipeline['parent_task_run_id']}").json()
-    assert caller["flow_run_id"] in {r["id"] for r in completed}
+    assert scheduled["deployment_id"] == deployment["id"]
+
+
+def completed_flow_run(api: str, flow_run_id: str):
+    found = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()
+    state = found["state"]["type"]
+    assert state not in {"FAILED", "CRASHED", "CANCELLED"}, f"the scheduled flow run ended {state}"
+    return found if state == "COMPLETED" else None
