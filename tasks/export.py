@@ -37,7 +37,8 @@ def export_final(model: ModelArtifact, long: dict, short: dict | None, name: str
     report = export_hf(loaded, out, RopeSpec.from_dict(long), RopeSpec.from_dict(short) if short else None,
                        tokenizer=tokenizer, provenance={"model": str(model.path)}, short_attention=short_attention)
     return ExportArtifact(report.path, identity.model_fingerprint(report.path), model.data_version,
-                          lossy=tuple(report.lossy), rope_parameters=report.rope_parameters)
+                          lossy=tuple(report.lossy), notes=tuple(report.notes),
+                          rope_parameters=report.rope_parameters)
 
 
 @device_task(name="score-export", cache_policy=IDENTITY)

@@ -162,6 +162,7 @@ class ExportArtifact(Artifact):
     """The pipeline's final stock transformers directory."""
 
     lossy: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # exact, but not as the method's own stock type (e.g. YaRN written as longrope)
     rope_parameters: dict = field(default_factory=dict)
     stock_ppl: dict[int, float] = field(default_factory=dict)  # held-out PPL by length, loaded by stock transformers
 
@@ -169,4 +170,6 @@ class ExportArtifact(Artifact):
         tags = {"export.path": str(self.path), "export.rope_type": str(self.rope_parameters.get("rope_type"))}
         if self.lossy:
             tags["export.lossy"] = "; ".join(self.lossy)
+        if self.notes:
+            tags["export.notes"] = "; ".join(self.notes)
         return Record({f"export/stock_ppl/{n}": v for n, v in self.stock_ppl.items()}, tags=tags)
