@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 import ropelab
 from ropelab.config import PIPELINE_STAGES, RunConfig
-from ropelab.errors import RopelabError
+from ropelab.errors import RopelabError, Terminated
 from ropelab.flows.commands import FLOWS
 from ropelab.rope import cli as rope_cli
 
@@ -239,14 +240,34 @@ def main(argv: list[str] | None = None) -> int:
 
     offline.enforce()  # before anything imports huggingface_hub, which reads the settings once
     args = build_parser().parse_args(argv)
+    previous = _terminate_like_ctrl_c()
     try:
         return args.run(args)
     except RopelabError as exc:
         print(f"ropelab: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"ropelab: stopped by signal {exc.signum}; open runs are marked KILLED", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("ropelab: interrupted", file=sys.stderr)
+        print("ropelab: interrupted; open runs are marked KILLED", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_like_ctrl_c():
+    """SIGTERM raises ``Terminated`` in the main thread (as Ctrl-C raises KeyboardInterrupt), so the stage runner
+    closes each open MLflow run as KILLED before the process ends. Returns the previous handler (None: not set,
+    e.g. off the main thread)."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 if __name__ == "__main__":

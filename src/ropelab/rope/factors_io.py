@@ -43,10 +43,15 @@ def read_rescale_factors(path: str | Path) -> tuple[float, ...]:
 
 def read_rescale_metadata(path: str | Path) -> dict:
     """The metadata stored beside λ in a JSON file (factor, start_tokens, …); {} for other formats."""
-    text = Path(path).read_text().strip()
-    if not text.startswith("{"):
-        return {}
-    return {k: v for k, v in json.loads(text).items() if k not in JSON_KEYS}
+    try:
+        text = Path(path).read_text().strip()
+        data = json.loads(text) if text.startswith("{") else {}
+    except OSError as exc:
+        raise RopelabError(f"cannot read rescale factors from {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise RopelabError(f"{path}: broken JSON ({exc}); write a JSON list of numbers or "
+                           '{"rescale_factors": [...]}') from None
+    return {k: v for k, v in data.items() if k not in JSON_KEYS}
 
 
 def recorded_factor(path: str | Path) -> float:
