@@ -54,13 +54,18 @@ def run_flow(args) -> int:
     from ropelab.tasks.home import configure_environment, find_home
 
     config = load(args)  # every value validated before any flow machinery starts
+    rerun_from = getattr(args, "rerun_from", None)
+    if rerun_from is not None and rerun_from not in PIPELINE_STAGES:
+        raise RopelabError(f"--rerun-from: unknown stage {rerun_from!r}; stages: {', '.join(PIPELINE_STAGES)}")
     if getattr(args, "dry_run", False):
         from ropelab.plan import pipeline_plan
 
         print("\n".join(pipeline_plan(config)))
         return 0
+    from ropelab import preflight
     from ropelab.tasks import servers
 
+    preflight.check(config)  # the files the config names (model, corpora, λ), before any stage
     servers.connect(configure_environment(find_home(args.home)))  # the home's `ropelab server`, when it runs
     if args.refresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
@@ -219,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--refresh", action="store_true", help="recompute every stage instead of using the cache")
         sub.set_defaults(run=run_flow)
         if command == "pipeline":
-            sub.add_argument("--rerun-from", choices=PIPELINE_STAGES, default=None,
-                             help="recompute this stage and everything after it (cached stages before it are reused)")
+            sub.add_argument("--rerun-from", default=None, metavar="STAGE",
+                             help="recompute this stage and everything after it (cached stages before it are "
+                             f"reused): one of {', '.join(PIPELINE_STAGES)}")
             sub.add_argument("--dry-run", action="store_true",
                              help="resolve the config, print the stage plan and a memory estimate; load nothing")
     _add_server_commands(commands)

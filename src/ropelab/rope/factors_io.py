@@ -31,6 +31,8 @@ def read_rescale_factors(path: str | Path) -> tuple[float, ...]:
         text = path.read_text().strip()
     except OSError as exc:
         raise RopelabError(f"cannot read rescale factors from {path}: {exc.strerror or exc}") from None
+    if not text:
+        raise RopelabError(f"{path}: no rescale factors in the file")
     try:
         values = _parse_json(text, path) if text[:1] in "[{" else [ln for ln in text.splitlines() if ln.strip()]
         factors = tuple(float(v) for v in values)
