@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 import ropelab
 from ropelab.config import PIPELINE_STAGES, RunConfig
-from ropelab.errors import RopelabError
+from ropelab.errors import RopelabError, Terminated
 from ropelab.flows.commands import FLOWS
 from ropelab.rope import cli as rope_cli
 
@@ -53,13 +54,18 @@ def run_flow(args) -> int:
     from ropelab.tasks.home import configure_environment, find_home
 
     config = load(args)  # every value validated before any flow machinery starts
+    rerun_from = getattr(args, "rerun_from", None)
+    if rerun_from is not None and rerun_from not in PIPELINE_STAGES:
+        raise RopelabError(f"--rerun-from: unknown stage {rerun_from!r}; stages: {', '.join(PIPELINE_STAGES)}")
     if getattr(args, "dry_run", False):
         from ropelab.plan import pipeline_plan
 
         print("\n".join(pipeline_plan(config)))
         return 0
+    from ropelab import preflight
     from ropelab.tasks import servers
 
+    preflight.check(config)  # the files the config names (model, corpora, λ), before any stage
     servers.connect(configure_environment(find_home(args.home)))  # the home's `ropelab server`, when it runs
     if args.refresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
@@ -218,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--refresh", action="store_true", help="recompute every stage instead of using the cache")
         sub.set_defaults(run=run_flow)
         if command == "pipeline":
-            sub.add_argument("--rerun-from", choices=PIPELINE_STAGES, default=None,
-                             help="recompute this stage and everything after it (cached stages before it are reused)")
+            sub.add_argument("--rerun-from", default=None, metavar="STAGE",
+                             help="recompute this stage and everything after it (cached stages before it are "
+                             f"reused): one of {', '.join(PIPELINE_STAGES)}")
             sub.add_argument("--dry-run", action="store_true",
                              help="resolve the config, print the stage plan and a memory estimate; load nothing")
     _add_server_commands(commands)
@@ -239,14 +246,34 @@ def main(argv: list[str] | None = None) -> int:
 
     offline.enforce()  # before anything imports huggingface_hub, which reads the settings once
     args = build_parser().parse_args(argv)
+    previous = _terminate_like_ctrl_c()
     try:
         return args.run(args)
     except RopelabError as exc:
         print(f"ropelab: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"ropelab: stopped by signal {exc.signum}; open runs are marked KILLED", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("ropelab: interrupted", file=sys.stderr)
+        print("ropelab: interrupted; open runs are marked KILLED", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_like_ctrl_c():
+    """SIGTERM raises ``Terminated`` in the main thread (as Ctrl-C raises KeyboardInterrupt), so the stage runner
+    closes each open MLflow run as KILLED before the process ends. Returns the previous handler (None: not set,
+    e.g. off the main thread)."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ def loss_curves(history, every: int, prefix: str) -> tuple[Series, ...]:
 @device_task(name="pretrain-base", cache_policy=IDENTITY, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
 def pretrain_base(data: DataArtifact, model_cfg: ModelConfig, train_cfg: TrainConfig) -> ModelArtifact:
     """Pretrain the byte-level tiny Llama on the train split; save safetensors + config + tokenizer.
-    Depends on the data, the model shape and the optimisation only (not on evaluation settings)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    Depends on the data, the model shape and the optimisation only (not on evaluation settings). Thread settings
+    are made by the stage runner for every run (``runner.same_threads``), never here: a run whose base came from
+    the cache must compute exactly as one that pretrained."""
     reader = CorpusReader(data.path)
     tokenizer = ByteTokenizer()
     train_docs = [tokenizer.encode(d.text) for d in reader.documents("train", "pretrain")]

@@ -10,14 +10,16 @@ too, since the error propagates through its stage). ``ropelab.cache`` says hit, 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ropelab.artifacts import Artifact
+from ropelab import identity
+from ropelab.artifacts import Artifact, ExportArtifact, ModelArtifact, SearchArtifact
 from ropelab.config import RunConfig
 from ropelab.tasks import devices, tracking
-from ropelab.tasks.caching import code_version
+from ropelab.tasks.caching import code_version, result_options
 from ropelab.tasks.home import paths
 from ropelab.tasks.progress import run_logger
 
@@ -46,7 +48,7 @@ class Stage:
 
     def _submit(self, task, refresh: bool, args, kwargs):
         # refresh_cache=None defers to PREFECT_TASKS_REFRESH_CACHE, which `--refresh` sets
-        options = task.with_options(refresh_cache=True if refresh else None, result_storage=paths().results)
+        options = task.with_options(refresh_cache=True if refresh else None, **result_options(paths().results))
 
         def run(t):
             return t(*args, return_state=True, **kwargs)
@@ -79,6 +81,18 @@ class Stage:
         return "hit" if all(self.hits) else "miss" if not any(self.hits) else "partial"
 
 
+@functools.lru_cache(maxsize=1)
+def same_threads() -> int:
+    """Every run sets torch's thread pool the same way, once, before any stage computes: whether pretraining ran
+    or came from the cache, later stages see the same intra-op threads and reduce sums in the same order, so
+    a resumed run is bit-identical to an uninterrupted one. Returns the thread count."""
+    import torch
+
+    threads = max(1, torch.get_num_threads())
+    torch.set_num_threads(threads)
+    return threads
+
+
 def log_result(stage_name: str, record) -> None:
     """A stage's headline numbers in the Prefect run's log (the Prefect UI's Logs tab)."""
     shown = ", ".join(f"{k} = {v:.4g}" for k, v in list(record.metrics.items())[:SHOWN_METRICS])
@@ -90,7 +104,31 @@ def still_valid(result, valid=None) -> bool:
     if valid is not None:
         return bool(valid(result))
     exists = getattr(result, "exists", None)
-    return exists() if callable(exists) else True
+    if callable(exists) and not exists():
+        return False
+    problem = content_problem(result)
+    if problem:
+        run_logger().warning(f"cached result not used: {problem}; recomputing it")
+    return problem is None
+
+
+@functools.lru_cache(maxsize=64)
+def _model_fingerprint(path: Path, signature: str) -> str:
+    """Hashed once per process and content state (``signature``: names, sizes, times of the files)."""
+    return identity.model_fingerprint(path)
+
+
+def content_problem(result) -> str | None:
+    """What is wrong with a cached artifact's files, or None: a model or export whose weights or config no longer
+    hash to its recorded fingerprint (truncated, corrupted, edited), or a search whose λ file changed."""
+    if isinstance(result, (ModelArtifact, ExportArtifact)) and result.path.is_dir():
+        found = _model_fingerprint(result.path, identity.stat_signature(result.path))
+        if found != result.fingerprint:
+            return f"{result.path} does not match its recorded sha256 fingerprint (truncated, corrupted or edited)"
+    if isinstance(result, SearchArtifact) and result.lam.is_file():
+        if identity.sha256_file(result.lam)[:16] != result.fingerprint:
+            return f"{result.lam} does not match its recorded sha256 (edited or corrupted)"
+    return None
 
 
 @contextlib.contextmanager
@@ -98,6 +136,7 @@ def stage(name: str, config: RunConfig, *, parent_run_id: str | None = None, dat
           consumed: Mapping[str, Artifact] | None = None, refresh: bool = False) -> Iterator[Stage]:
     """Open the stage's MLflow run, yield the Stage to call tasks and record results through, end the run."""
     if parent_run_id is None:  # a top-level run: first close what killed runs on this home left RUNNING
+        same_threads()
         tracking.close_abandoned_runs(config.experiment)
     runs = {k: a.run_id for k, a in (consumed or {}).items()}
     tags = tracking.lineage_tags(name, config, code_version(), parent_run_id, data_version, runs)

@@ -18,6 +18,7 @@ import torch
 from ropelab import identity
 from ropelab.artifacts import DataArtifact, ModelArtifact, SearchArtifact, Series
 from ropelab.atomic import write_text_atomic
+from ropelab.checked import checked_line, read_checked_lines
 from ropelab.config import SearchConfig
 from ropelab.data.corpus import CorpusReader
 from ropelab.eval.perplexity import truncated_windows
@@ -61,7 +62,9 @@ class Generation:
     shortfall: int = 0  # children configured but not made (no new valid one in the retries)
 
     def exists(self) -> bool:
-        return self.state_path.exists() and self.log_path.exists()
+        """Both files there and the state still the one this generation wrote (its sha256 is the next key)."""
+        return (self.state_path.exists() and self.log_path.exists()
+                and identity.sha256_file(self.state_path) == self.state_sha)
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,11 +128,9 @@ class FitnessCache:
     def __init__(self, path: Path, space: SearchSpace, attention_policy: str):
         self.path, self.space, self.policy = path, space, attention_policy
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.values = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                self.values[row["setting"]] = row["fitness"]
+        # only lines whose own sha256 holds: a line cut by a kill or a planted fitness is recomputed, not trusted
+        self.values = {row["setting"]: row["fitness"] for row in read_checked_lines(path)
+                       if "setting" in row and isinstance(row.get("fitness"), (int, float))}
 
     def setting(self, c: Candidate) -> str:
         spec = self.space.spec(c, self.policy)
@@ -143,7 +144,7 @@ class FitnessCache:
                 with open(self.path, "a") as fh:
                     for (key, c), value in zip(missing, fitness([c for _, c in missing]), strict=True):
                         self.values[key] = value
-                        fh.write(json.dumps({"setting": key, **c.to_dict(), "fitness": value}) + "\n")
+                        fh.write(checked_line({"setting": key, **c.to_dict(), "fitness": value}))
             return [self.values[k] for k in keys]
 
         return cached

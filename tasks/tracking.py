@@ -129,10 +129,18 @@ def create_run(config: RunConfig, tags: dict[str, str]) -> str:
     return run_id
 
 
+def end_status(error: BaseException | None) -> str:
+    """FINISHED; KILLED for Ctrl-C, SIGTERM or an exit (the work was stopped, not wrong); else FAILED."""
+    if error is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit)) else "FAILED"
+
+
 def end_run(run_id: str, error: BaseException | None = None) -> None:
     if error is not None:
-        set_tags(run_id, {"ropelab.error": f"{type(error).__name__}: {error}".splitlines()[0][:500]})
-    client().set_terminated(run_id, "FINISHED" if error is None else "FAILED")
+        text = f"{type(error).__name__}: {error}".splitlines() or [type(error).__name__]
+        set_tags(run_id, {"ropelab.error": text[0][:500]})
+    client().set_terminated(run_id, end_status(error))
 
 
 def process_alive(pid: int) -> bool:

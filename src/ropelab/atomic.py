@@ -15,6 +15,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ropelab.identity import sha256_file  # the one module that hashes content
+
 
 def _sibling(path: Path, suffix: str) -> Path:
     """A hidden, unique name beside ``path`` (same directory, so the final rename never crosses devices)."""
@@ -85,3 +87,42 @@ def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = False) -> Path:
 def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically: a reader sees the old content or all of ``text``."""
     return write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+
+
+# --- recorded digests: a file a later stage trusts carries its sha256 beside it, checked on load ---------------
+DIGEST_SUFFIX = ".sha256"
+
+
+def digest_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + DIGEST_SUFFIX)
+
+
+def record_digest(path: Path) -> str:
+    """Write '<path>.sha256' for a completed file (atomically); returns the digest."""
+    digest = sha256_file(path)
+    write_text_atomic(digest_path(path), f"{digest}  {Path(path).name}\n")
+    return digest
+
+
+def digest_problem(path: Path) -> str | None:
+    """None when ``path`` matches its recorded sha256; else what is wrong, in words (for one error line).
+
+    A file without a digest beside it is a problem too: every writer that a reader checks records one, so a
+    missing digest means a kill between the two writes or a file planted by hand."""
+    path, recorded = Path(path), digest_path(path)
+    if not path.is_file():
+        return f"{path} is missing"
+    if not recorded.is_file():
+        return f"{path} has no recorded sha256 ({recorded.name})"
+    expected = recorded.read_text().split()[:1]
+    if expected != [sha256_file(path)]:
+        return f"{path} does not match its recorded sha256 (truncated, corrupted or edited)"
+    return None
+
+
+def write_with_digest(path: Path, write) -> Path:
+    """``write(tmp)`` into a temporary file, replace ``path`` atomically, then record its sha256."""
+    with replacing(path) as tmp:
+        write(tmp)
+    record_digest(path)
+    return Path(path)

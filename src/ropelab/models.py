@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.metadata
+import json
 from pathlib import Path
 
 import torch
@@ -99,6 +100,22 @@ def set_attention_window(config, window: int) -> None:
         config.rope_parameters = {**config.rope_parameters, "original_max_position_embeddings": length}
 
 
+def refuse_custom_code(directory: Path, trust_remote_code: bool) -> None:
+    """A model directory whose config.json names its own modeling code (``auto_map``) runs that code when
+    loaded: refused unless the user opted in, with the line that says how."""
+    config = Path(directory) / "config.json"
+    if trust_remote_code or not config.is_file():
+        return
+    try:
+        auto_map = json.loads(config.read_text()).get("auto_map")
+    except (ValueError, AttributeError):
+        return  # transformers says what is wrong with the file
+    if auto_map:
+        raise RopelabError(f"{directory} ships its own modeling code (auto_map in config.json: "
+                           f"{', '.join(sorted(auto_map))}); ropelab runs only stock transformers code unless you "
+                           "opt in with --set model.trust_remote_code=true (only for code you have read)")
+
+
 def load_model(path: str | Path, trust_remote_code: bool = False, attention_window: int = 0):
     """(model, tokenizer) from a local HF directory or a .gguf file (de-quantised to a plain model), on the best
     device, eval mode, sdpa; ``attention_window`` as in ``set_attention_window``."""
@@ -109,6 +126,7 @@ def load_model(path: str | Path, trust_remote_code: bool = False, attention_wind
         return load_gguf(path, attention_window)
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    refuse_custom_code(path, trust_remote_code)
     device, dtype = device_and_dtype()
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -128,6 +146,7 @@ def attention_window_view(source: Path, directory: Path, window: int, trust_remo
     Not atomic by itself (see ``save_model``)."""
     from transformers import AutoConfig
 
+    refuse_custom_code(source, trust_remote_code)
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     set_attention_window(config, window)
     directory.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def test_clex_trains_with_the_chosen_optimizer(tiny_llama, tmp_path, choice, bet
     model = tiny_llama(max_position_embeddings=L, layers=1)
     module, _ = train_clex(model, torch.randint(0, 97, (8, L), generator=torch.Generator().manual_seed(9)), cfg,
                            checkpoint_dir=tmp_path)
-    groups = torch.load(tmp_path / CHECKPOINT, weights_only=False)["optimizer"]["param_groups"]
+    groups = torch.load(tmp_path / CHECKPOINT, weights_only=True)["optimizer"]["param_groups"]
     assert [tuple(g["betas"]) for g in groups] == [betas, betas] and [g["weight_decay"] for g in groups] == [decay, 0]
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     assert len(groups[0]["params"]) == len(matrices) and module.dynamics.down.dim() == 2

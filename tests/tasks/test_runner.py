@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from prefect import flow, task
 
+from ropelab import identity
 from ropelab.artifacts import ModelArtifact, Series
 from ropelab.config import load_config
 from ropelab.errors import RopelabError
@@ -21,7 +22,7 @@ def make_model(where: Path, value: int) -> ModelArtifact:
     CALLS.append(str(value))
     where.mkdir(parents=True, exist_ok=True)
     (where / "config.json").write_text(str(value))
-    return ModelArtifact(where, f"fp{value}", "dv", metrics={"quality": value / 10},
+    return ModelArtifact(where, identity.model_fingerprint(where), "dv", metrics={"quality": value / 10},
                          history=(Series("loss", ((0, 2.0), (1, 1.0))),))
 
 
@@ -56,7 +57,7 @@ def test_a_cache_hit_is_recorded_exactly_like_the_run_that_computed_it(tmp_path)
     assert history1 == history2 == [(0, 2.0), (1, 1.0)]
     assert (cache1, cache2) == ("miss", "hit")
     tags = tracking.client().get_run(second.run_id).data.tags
-    assert tags["ropelab.stage"] == "stage-7" and tags["model.fingerprint"] == "fp7" and tags["ropelab.code_version"]
+    assert tags["ropelab.stage"] == "stage-7" and tags["model.fingerprint"] == first.fingerprint and tags["ropelab.code_version"]
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def test_the_optimizer_uses_the_callers_betas_weight_decay_and_schedule(tmp_path
     """What AdamW ran with, read back from the loop's own checkpoint (no reimplementation of the loop)."""
     cfg = TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, seq_len=32, checkpoint_every=4)
     train_causal_lm(build_tiny_llama(SMALL, 0), blocks(), cfg, checkpoint_dir=tmp_path, optimization=opt)
-    groups = torch.load(tmp_path / CHECKPOINT, weights_only=False)["optimizer"]["param_groups"]
+    groups = torch.load(tmp_path / CHECKPOINT, weights_only=True)["optimizer"]["param_groups"]
     assert [tuple(g["betas"]) for g in groups] == [betas, betas]
     assert [g["weight_decay"] for g in groups] == [decay, 0.0]  # matrices decay, vectors never
     assert groups[0]["lr"] == pytest.approx(learning_rate(3, cfg, opt))

@@ -31,6 +31,8 @@ def read_rescale_factors(path: str | Path) -> tuple[float, ...]:
         text = path.read_text().strip()
     except OSError as exc:
         raise RopelabError(f"cannot read rescale factors from {path}: {exc.strerror or exc}") from None
+    if not text:
+        raise RopelabError(f"{path}: no rescale factors in the file")
     try:
         values = _parse_json(text, path) if text[:1] in "[{" else [ln for ln in text.splitlines() if ln.strip()]
         factors = tuple(float(v) for v in values)
@@ -43,10 +45,15 @@ def read_rescale_factors(path: str | Path) -> tuple[float, ...]:
 
 def read_rescale_metadata(path: str | Path) -> dict:
     """The metadata stored beside λ in a JSON file (factor, start_tokens, …); {} for other formats."""
-    text = Path(path).read_text().strip()
-    if not text.startswith("{"):
-        return {}
-    return {k: v for k, v in json.loads(text).items() if k not in JSON_KEYS}
+    try:
+        text = Path(path).read_text().strip()
+        data = json.loads(text) if text.startswith("{") else {}
+    except OSError as exc:
+        raise RopelabError(f"cannot read rescale factors from {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise RopelabError(f"{path}: broken JSON ({exc}); write a JSON list of numbers or "
+                           '{"rescale_factors": [...]}') from None
+    return {k: v for k, v in data.items() if k not in JSON_KEYS}
 
 
 def recorded_factor(path: str | Path) -> float:

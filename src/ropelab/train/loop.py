@@ -8,6 +8,7 @@ the last checkpoint, giving the same result as an uninterrupted run.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from ropelab.atomic import replacing
+from ropelab.atomic import digest_problem, write_with_digest
 from ropelab.config import TrainConfig
 from ropelab.errors import RopelabError
 from ropelab.train.data import random_batches
@@ -70,10 +71,23 @@ def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, opt: Optimiza
 
 
 def _save(path: Path, model, optimizer, generator, step: int, history: list[StepRecord]) -> None:
-    """Write the checkpoint atomically: a kill mid-save leaves the previous checkpoint intact."""
-    with replacing(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "generator": generator.get_state(), "history": [asdict(h) for h in history]}, tmp)
+    """Write the checkpoint atomically with its sha256 beside it: a kill mid-save leaves the previous one intact."""
+    write_with_digest(path, lambda tmp: torch.save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+        "generator": generator.get_state(), "history": [asdict(h) for h in history]}, tmp))
+
+
+def _load(path: Path) -> dict | None:
+    """The checkpoint if it matches its recorded sha256, else None (warned, naming the file): training restarts
+    instead of resuming from a truncated or planted file. ``weights_only``: a checkpoint never runs code."""
+    problem = digest_problem(path)
+    if problem is None:
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as exc:  # a pickle that needs more than tensors and plain containers
+            problem = f"{path} cannot be read safely ({type(exc).__name__})"
+    warnings.warn(f"ignoring checkpoint: {problem}; training starts again from step 0", stacklevel=2)
+    return None
 
 
 def train_causal_lm(
@@ -107,8 +121,8 @@ def train_causal_lm(
     history: list[StepRecord] = []
     start = 0
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    state = _load(ckpt) if ckpt is not None and ckpt.exists() else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
