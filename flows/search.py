@@ -27,10 +27,17 @@ def search_flow(cfg: RunConfig, parent_run_id: str | None = None, model: ModelAr
             generations.append(stage.call(search_generation, model, data, s, generations[-1]))
             g = generations[-1]
             short = f" ({g.shortfall} children could not be made)" if g.shortfall else ""
-            print(f"{name} generation {g.generation}: best {g.best:.4f}, median {g.median:.4f}{short}")
+            raced = f", {g.eliminated} eliminated" if s.racing == "on" else ""
+            print(f"{name} generation {g.generation}: best {g.best:.4f}, median {g.median:.4f}, "
+                  f"{g.forward_tokens} forward tokens{raced}{short}")
         result = stage.record(stage.call(search_report, model, data, s, generations))
     print(f"winner: validation PPL {result.validation_ppl['winner']:.4f}, test PPL {result.test_ppl['winner']:.4f}"
           f" ({result.evaluated} candidates evaluated)")
+    cost = result.cost
+    print(f"cost: {cost['forward_tokens_total']:.0f} forward tokens, {cost['cache_hits_total']:.0f} windows from the "
+          f"fitness cache, {cost['eliminated_total']:.0f} candidates eliminated by racing"
+          + (" (population halved above search.halve_above)" if cost["halved"] else "")
+          + (f" (stopped early after generation {cost['generations']:.0f})" if cost["stopped_early"] else ""))
     for key, value in sorted(result.test_ppl.items()):
         print(f"  test PPL {key:>14}: {value:.4f}")
     print(f"λ: {result.lam}\nexport: {result.export}")

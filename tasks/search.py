@@ -28,7 +28,8 @@ from ropelab.rope.adapter import rope_basics, specs_from_config
 from ropelab.rope.export import export_hf
 from ropelab.rope.factors_io import write_rescale_factors
 from ropelab.search.evolution import EvolutionConfig, SearchState, initial_state, next_generation
-from ropelab.search.fitness import batched_fitness
+from ropelab.search.fitness import ModelScorer, batched_fitness
+from ropelab.search.racing import RacingRule, Request, WindowedFitness
 from ropelab.search.space import (
     CODE_START_TOKENS,
     PAPER_START_TOKENS,
@@ -60,6 +61,10 @@ class Generation:
     log_path: Path
     stopped_early: bool
     shortfall: int = 0  # children configured but not made (no new valid one in the retries)
+    forward_tokens: int = 0  # tokens this generation's task ran through the model (cache misses × length)
+    cache_hits: int = 0  # windows served from the fitness cache
+    eliminated: int = 0  # new candidates racing eliminated before their last window
+    windows_scored: int = 0  # windows the generation's candidates were scored on (cached or not)
 
     def exists(self) -> bool:
         """Both files there and the state still the one this generation wrote (its sha256 is the next key)."""
@@ -96,8 +101,12 @@ def space_for(model, cfg: SearchConfig) -> SearchSpace:
 def evolution_config(cfg: SearchConfig) -> EvolutionConfig:
     return EvolutionConfig(cfg.population, cfg.iterations, cfg.mutations, cfg.crossovers, cfg.parents,
                            cfg.mutation_probability, cfg.evo_scale, early_stop_patience=cfg.early_stop_patience,
-                           crossover=cfg.crossover, scale_rule=cfg.evo_scale_rule, mutation_retry=cfg.mutation_retry,
-                           start_token_search=cfg.start_token_search)
+                           halve_above=cfg.halve_above, crossover=cfg.crossover, scale_rule=cfg.evo_scale_rule,
+                           mutation_retry=cfg.mutation_retry, start_token_search=cfg.start_token_search)
+
+
+def racing_rule(cfg: SearchConfig) -> RacingRule | None:
+    return RacingRule(cfg.racing_first_windows, cfg.racing_spread) if cfg.racing == "on" else None
 
 
 def planned_generations(cfg: SearchConfig) -> int:
@@ -121,57 +130,84 @@ def search_dir(model: ModelArtifact, cfg: SearchConfig) -> Path:
 
 
 class FitnessCache:
-    """Fitness values persisted per (model, data, windows, code version), keyed by each candidate's full RoPE
-    setting as the fitness installs it (method, factors, n̂, attention policy and factor as computed), so a
-    search with another attention policy, mode or explicit factor never receives these values."""
+    """Per-window fitness results persisted per (model, data, windows, code version), keyed by each candidate's
+    full RoPE setting as the fitness installs it (method, factors, n̂, attention policy and factor as computed),
+    so a search with another attention policy, mode or explicit factor never receives these values. Each
+    window's NLL is appended as soon as its forward returns: a candidate racing stopped early, or a generation
+    killed half-way, is completed later from where it stopped."""
 
     def __init__(self, path: Path, space: SearchSpace, attention_policy: str):
         self.path, self.space, self.policy = path, space, attention_policy
         path.parent.mkdir(parents=True, exist_ok=True)
         # only lines whose own sha256 holds: a line cut by a kill or a planted fitness is recomputed, not trusted
-        self.values = {row["setting"]: row["fitness"] for row in read_checked_lines(path)
-                       if "setting" in row and isinstance(row.get("fitness"), (int, float))}
+        self.values: dict[str, dict[int, float]] = {}
+        for row in read_checked_lines(path):
+            if "setting" in row and isinstance(row.get("window"), int) and isinstance(row.get("nll"), (int, float)):
+                self.values.setdefault(row["setting"], {})[row["window"]] = row["nll"]
 
     def setting(self, c: Candidate) -> str:
         spec = self.space.spec(c, self.policy)
         return identity.json_identity({**spec.to_dict(), "computed_attention_factor": spec.compute()[1]})
 
-    def wrap(self, fitness):
-        def cached(candidates):
-            keys = [self.setting(c) for c in candidates]
-            missing = [(k, c) for k, c in zip(keys, candidates, strict=True) if k not in self.values]
-            if missing:
-                with open(self.path, "a") as fh:
-                    for (key, c), value in zip(missing, fitness([c for _, c in missing]), strict=True):
-                        self.values[key] = value
-                        fh.write(checked_line({"setting": key, **c.to_dict(), "fitness": value}))
-            return [self.values[k] for k in keys]
-
-        return cached
+    def wrap(self, scorer: ModelScorer) -> CachedScorer:
+        return CachedScorer(self, scorer)
 
 
-def _fitness(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, bar=None):
+@dataclass
+class CachedScorer:
+    """A window scorer through the cache: only the (candidate, window) pairs it lacks are forwarded;
+    ``hits`` counts the windows it served."""
+
+    cache: FitnessCache
+    scorer: ModelScorer
+    hits: int = 0
+
+    def __call__(self, requests: list[Request]) -> list[list[float]]:
+        keys = [self.cache.setting(c) for c, _ in requests]
+        missing = [(c, tuple(w for w in wanted if w not in self.cache.values.get(key, {})))
+                   for key, (c, wanted) in zip(keys, requests, strict=True)]
+        todo = [(j, request) for j, request in enumerate(missing) if request[1]]
+        self.hits += sum(len(w) for _, w in requests) - sum(len(w) for _, w in missing)
+        if todo:
+            with open(self.cache.path, "a") as fh:
+                def persist(k: int, window: int, value: float) -> None:
+                    j, (c, _) = todo[k]
+                    self.cache.values.setdefault(keys[j], {})[window] = value
+                    fh.write(checked_line({"setting": keys[j], **c.to_dict(), "window": window, "nll": value}))
+                    fh.flush()
+
+                self.scorer([request for _, request in todo], on_value=persist)
+        return [[self.cache.values[key][w] for w in wanted] for key, (_, wanted) in zip(keys, requests, strict=True)]
+
+
+def _fitness(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, bar=None, racing: bool = True):
+    """(space, the windowed fitness through the cache — racing per ``cfg`` unless ``racing`` is false —, the
+    cached scorer whose counters the generation records)."""
     loaded, tokenizer = cached_model(model.path)
     space = space_for(loaded, cfg)
     windows = windows_for(tokenizer, data.path, space, "validation", cfg.num_windows, cfg.seed)
     name = f"{model.fingerprint[:12]}-{data.fingerprint[:8]}-{identity.tensor_identity(windows)[:12]}-{code_version()}"
     cache = FitnessCache(paths().artifacts / "fitness-cache" / f"{name}.jsonl", space, cfg.attention_policy)
     on_batch = (lambda rows: bar[0].update(bar[1], advance=rows)) if bar else None
-    fn = batched_fitness(loaded, space, windows, tokens_per_batch=cfg.tokens_per_batch,
-                         attention_policy=cfg.attention_policy, on_batch=on_batch)
-    return space, cache.wrap(fn)
+    scorer = cache.wrap(ModelScorer(loaded, space, windows, tokens_per_batch=cfg.tokens_per_batch,
+                                    attention_policy=cfg.attention_policy, on_batch=on_batch))
+    inner = scorer.scorer
+    return space, WindowedFitness(scorer, inner.n, inner.tokens, racing_rule(cfg) if racing else None), scorer
 
 
-def _save_state(state: SearchState, directory: Path) -> Generation:
+def _save_state(state: SearchState, directory: Path, scorer: CachedScorer) -> Generation:
     directory.mkdir(parents=True, exist_ok=True)
     text = state.to_json()
     path = write_text_atomic(directory / f"state-{state.generation:03d}.json", text)
     new = [e for e in state.history if e.generation == state.generation]
     log = write_text_atomic(directory / f"generation-{state.generation:03d}.jsonl", "".join(
-        json.dumps({**e.candidate.to_dict(), "fitness": e.fitness, "origin": e.origin}) + "\n" for e in new))
+        json.dumps({**e.candidate.to_dict(), "fitness": e.fitness, "origin": e.origin, "windows": len(e.windows),
+                    "complete": e.complete}) + "\n" for e in new))
     fitness = [e.fitness for e in state.population]
     return Generation(path, identity.sha256_bytes(text.encode()), state.generation, min(fitness),
-                      float(np.median(fitness)), len(new), log, state.stopped_early, state.shortfall[-1])
+                      float(np.median(fitness)), len(new), log, state.stopped_early, state.shortfall[-1],
+                      scorer.scorer.forwarded * scorer.scorer.length, scorer.hits,
+                      sum(not e.complete for e in new), sum(len(e.windows) for e in new))
 
 
 @device_task(name="search-init", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
@@ -180,11 +216,11 @@ def search_init(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig) -> 
     """The seeded initial population, evaluated (generation 0)."""
     with progress_bar() as bar:
         job = bar.add_task("search: initial population", total=None, status="")
-        space, fitness = _fitness(model, data, cfg, (bar, job))
+        space, fitness, scorer = _fitness(model, data, cfg, (bar, job))
         rng = np.random.default_rng(cfg.seed)
         with out_of_memory_is_final("search", space.target_length, OOM_HINT):
             state = initial_state(fitness, space, evolution_config(cfg), rng, seeds_for(space, cfg))
-    return _save_state(state, search_dir(model, cfg))
+    return _save_state(state, search_dir(model, cfg), scorer)
 
 
 @device_task(name="search-generation", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
@@ -194,17 +230,29 @@ def search_generation(model: ModelArtifact, data: DataArtifact, cfg: SearchConfi
     state = SearchState.from_json(previous.state_path.read_text())
     with progress_bar() as bar:
         job = bar.add_task(f"search: generation {state.generation + 1}", total=None, status="")
-        space, fitness = _fitness(model, data, cfg, (bar, job))
+        space, fitness, scorer = _fitness(model, data, cfg, (bar, job))
         with out_of_memory_is_final("search", space.target_length, OOM_HINT):
             state = next_generation(state, fitness, space, evolution_config(cfg))
-    return _save_state(state, search_dir(model, cfg))
+    return _save_state(state, search_dir(model, cfg), scorer)
 
 
 def generation_series(generations: list[Generation]) -> tuple[Series, ...]:
     names = {"best": "search/best_fitness", "median": "search/median_fitness", "evaluated": "search/evaluated_in_generation",
-             "shortfall": "search/children_missing"}
+             "shortfall": "search/children_missing", "forward_tokens": "search/forward_tokens",
+             "cache_hits": "search/cache_hits", "eliminated": "search/eliminated", "windows_scored": "search/windows_scored"}
     return tuple(Series(metric, tuple((g.generation, float(getattr(g, field))) for g in generations))
                  for field, metric in names.items())
+
+
+def search_cost(generations: list[Generation], cfg: SearchConfig, target_length: int) -> dict[str, float]:
+    """What the search cost, over all its generations (the report states it; MLflow metrics search/…)."""
+    return {"forward_tokens_total": float(sum(g.forward_tokens for g in generations)),
+            "cache_hits_total": float(sum(g.cache_hits for g in generations)),
+            "eliminated_total": float(sum(g.eliminated for g in generations)),
+            "windows_scored_total": float(sum(g.windows_scored for g in generations)),
+            "racing": float(cfg.racing == "on"), "stopped_early": float(generations[-1].stopped_early),
+            "generations": float(generations[-1].generation),
+            "halved": float(evolution_config(cfg).at_length(target_length) != evolution_config(cfg))}
 
 
 def exact_seed_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, space: SearchSpace,
@@ -214,7 +262,7 @@ def exact_seed_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfi
     exact = exact_seeds(space, seeds_for(space, cfg), snapped)
     if not exact:
         return {}
-    _, validate = _fitness(model, data, cfg)
+    _, validate, _ = _fitness(model, data, cfg, racing=False)
     names = list(exact)
     rows = zip(names, validate([exact[k] for k in names]), score_test([exact[k] for k in names]), strict=True)
     return {f"seed:{k}": {"validation_ppl": v, "test_ppl": t, "max_snap": float(np.max(np.abs(
@@ -251,11 +299,13 @@ def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig,
                        provenance={"search": str(out.parent), "data_version": data.fingerprint})
     validation = {"winner": state.best.fitness, **{f"seed:{k}": e.fitness for k, e in seeds.items()}}
     exact = exact_seed_report(model, data, cfg, space, {k: e.candidate for k, e in seeds.items()}, score_test)
+    cost = search_cost(generations, cfg, space.target_length)
     write_text_atomic(out / "report.json", json.dumps({"test_ppl": test_ppl, "validation_ppl": validation,
                                                        "evaluated": len(state.history), "exact_seeds": exact,
-                                                       "shortfall": state.shortfall}, indent=2))
+                                                       "shortfall": state.shortfall, "cost": cost}, indent=2))
     return SearchArtifact(out, identity.sha256_file(lam)[:16], data.fingerprint, lam=lam, export=export.path,
                           mode=cfg.mode, test_ppl=test_ppl, validation_ppl=validation, evaluated=len(state.history),
+                          cost=cost,
                           generations=generation_series(generations),
                           generation_logs=tuple(g.log_path for g in generations), lossy=tuple(export.lossy))
 

@@ -112,6 +112,7 @@ class SearchArtifact(Artifact):
     test_ppl: dict[str, float] = field(default_factory=dict)
     validation_ppl: dict[str, float] = field(default_factory=dict)
     evaluated: int = 0
+    cost: dict[str, float] = field(default_factory=dict)  # forward tokens, cache hits, eliminations (totals)
     generations: tuple[Series, ...] = ()
     generation_logs: tuple[Path, ...] = ()
     lossy: tuple[str, ...] = ()
@@ -123,6 +124,7 @@ class SearchArtifact(Artifact):
         metrics = {f"test_ppl/{k}": v for k, v in self.test_ppl.items()}
         metrics |= {f"validation_ppl/{k}": v for k, v in self.validation_ppl.items()}
         metrics["search/evaluated"] = float(self.evaluated)
+        metrics |= {f"search/{k}": v for k, v in self.cost.items()}
         files = ((self.path, "result"), *((log, "generations") for log in self.generation_logs))
         return Record(metrics, self.generations, {"search.lambda": str(self.lam), "search.export": str(self.export)},
                       files)

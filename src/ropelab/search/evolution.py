@@ -4,7 +4,9 @@ The algorithm knows nothing of models, files or tracking: ``fitness`` maps a bat
 fitness (lower is better, e.g. perplexity). Randomness comes only from the ``np.random.Generator`` passed in,
 and its state travels inside ``SearchState``, so a search stopped after any generation and resumed from its
 saved state ends with exactly the result of an uninterrupted run. The operators and their reference variants
-are in ``ropelab.search.operators``.
+are in ``ropelab.search.operators``. A ``WindowedFitness`` with a racing rule scores a generation's new
+candidates as a race against the parents (``ropelab.search.racing``): only those that stay in join the
+population; the eliminated ones are in the history with their partial fitness (``complete`` false).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ropelab.search.operators import (
     mutate,
     start_token_trials,
 )
+from ropelab.search.racing import WindowedFitness
 from ropelab.search.space import Candidate, SearchSpace
 
 Fitness = Callable[[list[Candidate]], Sequence[float]]
@@ -60,6 +63,7 @@ class EvolutionConfig:
     max_retries: int = 100  # attempts to produce one new, valid child
     crossover_passes: int = 20
     early_stop_patience: int = 0  # stop after this many generations without improvement (0: never)
+    halve_above: int = 0  # target lengths above this use halved() (the paper: 512k; 0: never)
     crossover: str = "uniform"
     scale_rule: str = "round"
     mutation_retry: str = "restart"
@@ -93,6 +97,10 @@ class EvolutionConfig:
         return replace(self, population=max(2, self.population // 2), mutations=max(1, self.mutations // 2),
                        crossovers=max(1, self.crossovers // 2), parents=max(1, self.parents // 2))
 
+    def at_length(self, target_length: int) -> EvolutionConfig:
+        """The counts used at ``target_length``: halved above ``halve_above`` (the paper's rule)."""
+        return self.halved() if self.halve_above and target_length > self.halve_above else self
+
     def operator_options(self) -> dict:
         """The mutation options every operator call shares (trial n̂ search: mutation leaves n̂ alone)."""
         return {"retry": self.mutation_retry, "walk_n_hat": self.start_token_search == "walk"}
@@ -104,6 +112,8 @@ class Evaluated:
     fitness: float
     generation: int
     origin: str  # "seed:<name>", "mutation", "crossover", "start-tokens" (a trial n̂ on a candidate's λ)
+    windows: tuple[float, ...] = ()  # per-window NLL sums, when the fitness is windowed
+    complete: bool = True  # false: eliminated by racing, fitness over ``windows`` only
 
 
 @dataclass
@@ -122,7 +132,8 @@ class SearchState:
 
     def to_json(self) -> str:
         def enc(e: Evaluated) -> dict:
-            return {**e.candidate.to_dict(), "fitness": e.fitness, "generation": e.generation, "origin": e.origin}
+            return {**e.candidate.to_dict(), "fitness": e.fitness, "generation": e.generation, "origin": e.origin,
+                    "windows": list(e.windows), "complete": e.complete}
 
         return json.dumps({"generation": self.generation, "population": [enc(e) for e in self.population],
                            "history": [enc(e) for e in self.history], "rng_state": self.rng_state,
@@ -135,7 +146,7 @@ class SearchState:
 
         def dec(d: dict) -> Evaluated:
             return Evaluated(Candidate(tuple(d["rescale_factors"]), d["start_tokens"]), d["fitness"],
-                             d["generation"], d["origin"])
+                             d["generation"], d["origin"], tuple(d.get("windows", ())), d.get("complete", True))
 
         return cls(data["generation"], [dec(d) for d in data["population"]], [dec(d) for d in data["history"]],
                    data["rng_state"], data["best_per_generation"], data["stopped_early"], data.get("shortfall", []))
@@ -144,9 +155,18 @@ class SearchState:
 # ----------------------------------------------------------------------------------------- the loop
 
 
-def _evaluate(batch: list[tuple[Candidate, str]], fitness: Fitness, generation: int) -> list[Evaluated]:
+def _evaluate(batch: list[tuple[Candidate, str]], fitness: Fitness, generation: int,
+              incumbents: list[Evaluated] | None = None, keep: int = 0) -> list[Evaluated]:
+    """Score ``batch``; a windowed fitness keeps per-window scores and, given ``incumbents`` (the parents;
+    [] for the initial population), races the batch for the best ``keep`` places."""
     if not batch:
         return []
+    if isinstance(fitness, WindowedFitness):
+        candidates = [c for c, _ in batch]
+        scored = (fitness.full(candidates) if incumbents is None else
+                  fitness.evaluate(candidates, [e.windows for e in incumbents], keep))
+        return [Evaluated(c, s.fitness, generation, origin, s.windows, s.complete)
+                for (c, origin), s in zip(batch, scored, strict=True)]
     values = list(fitness([c for c, _ in batch]))
     if len(values) != len(batch):
         raise RopelabError(f"fitness returned {len(values)} values for {len(batch)} candidates")
@@ -200,7 +220,9 @@ def _trial_bases(ranked: list[Evaluated], parents: int, rng: np.random.Generator
 def initial_state(fitness: Fitness, space: SearchSpace, cfg: EvolutionConfig, rng: np.random.Generator,
                   seeds: Mapping[str, np.ndarray]) -> SearchState:
     """Seeds (snapped onto the grid, into the space) plus mutations of random seeds up to the population size;
-    evaluated. With the n̂ trial search, some of the best then try other n̂."""
+    evaluated (raced for the parents' places under racing). With the n̂ trial search, some of the best then
+    try other n̂."""
+    cfg = cfg.at_length(space.target_length)
     counts = cfg.counts()
     size = counts["population"]
     seen: set = set()
@@ -220,8 +242,8 @@ def initial_state(fitness: Fitness, space: SearchSpace, cfg: EvolutionConfig, rn
             seen.add(child.key(space.step))
             batch.append((child, "mutation"))
     shortfall = _report_shortfall(0, size, len(batch), cfg)
-    evaluated = _evaluate(batch, fitness, 0)
-    ranked = _ranked(evaluated)
+    evaluated = _evaluate(batch, fitness, 0, [], counts["parents"])
+    ranked = _ranked([e for e in evaluated if e.complete])
     if cfg.start_token_search == "trial" and space.start_token_choices:
         trials, winners = try_start_tokens(_trial_bases(ranked, counts["parents"], rng), space, seen, fitness, 0,
                                            rng, None)
@@ -256,16 +278,17 @@ def next_generation(state: SearchState, fitness: Fitness, space: SearchSpace, cf
     with the n̂ trial search, every mutated child also tries TRIAL_SAMPLE other n̂."""
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng_state
+    cfg = cfg.at_length(space.target_length)
     counts = cfg.counts()
     parents = _ranked(state.population)[: counts["parents"]]
     seen = {e.candidate.key(space.step) for e in state.history}
     children = _children(parents, space, cfg, counts, rng, seen)
     generation = state.generation + 1
     shortfall = _report_shortfall(generation, counts["mutations"] + counts["crossovers"], len(children), cfg)
-    evaluated = _evaluate(children, fitness, generation)
-    admitted = list(evaluated)
+    evaluated = _evaluate(children, fitness, generation, parents, counts["parents"])
+    admitted = [e for e in evaluated if e.complete]
     if cfg.start_token_search == "trial" and space.start_token_choices:
-        mutants = [e for e in evaluated if e.origin == "mutation"]
+        mutants = [e for e in admitted if e.origin == "mutation"]
         trials, winners = try_start_tokens(mutants, space, seen, fitness, generation, rng, TRIAL_SAMPLE)
         evaluated, admitted = evaluated + trials, admitted + winners
     population = _ranked(parents + admitted)

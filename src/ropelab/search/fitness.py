@@ -1,49 +1,71 @@
 """Fitness of LongRoPE candidates: perplexity of the model with each candidate's RoPE on fixed windows.
 
-``batched_fitness`` evaluates several candidates in one forward pass: the windows are repeated once per
-candidate and each batch row gets its candidate's cos/sin (``PerRowRotaryEmbedding``). It is tested equal to
+``ModelScorer`` scores (candidate, window) pairs, several per forward pass: each batch row gets its candidate's
+cos/sin (``PerRowRotaryEmbedding``); per-window results let the search race (``ropelab.search.racing``) and the
+fitness cache keep partial results. ``batched_fitness`` (every candidate on every window) is tested equal to
 ``reference_fitness``, which installs one candidate at a time and runs the plain perplexity evaluator.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from ropelab.eval.perplexity import TOKENS_PER_BATCH, perplexity, scored_nll
 from ropelab.rope.modules import install_per_row_rope, install_rope, uninstall_rope
+from ropelab.search.racing import RacingRule, Request, WindowedFitness
 from ropelab.search.space import Candidate, SearchSpace
+
+
+class ModelScorer:
+    """Scores (candidate, windows) requests: per window, the summed NLL of ``windows[w]`` (N, length) with the
+    candidate's RoPE, several (candidate, window) rows per forward, one RoPE per batch row. ``forwarded``
+    counts the rows run (forward tokens = forwarded · length); ``on_value(request, window, value)`` sees each
+    result as soon as its forward returns (the fitness cache persists it then)."""
+
+    def __init__(self, model, space: SearchSpace, windows: torch.Tensor, *, tokens_per_batch: int = TOKENS_PER_BATCH,
+                 attention_policy: str = "su", on_batch: Callable[[int], None] | None = None):
+        self.model, self.space, self.windows, self.policy, self.on_batch = model, space, windows, attention_policy, on_batch
+        self.n, self.length = windows.shape
+        self.tokens = self.length - 1  # scored tokens per window
+        self.rows_per_forward = max(1, tokens_per_batch // self.length)
+        self.forwarded = 0
+
+    def __call__(self, requests: list[Request], on_value: Callable[[int, int, float], None] | None = None
+                 ) -> list[list[float]]:
+        specs = [self.space.spec(c, self.policy) for c, _ in requests]
+        pairs = [(k, w) for k, (_, wanted) in enumerate(requests) for w in wanted]  # request-major rows
+        values: list[dict[int, float]] = [{} for _ in requests]
+        module = install_per_row_rope(self.model)
+        try:
+            for start in range(0, len(pairs), self.rows_per_forward):
+                chunk = pairs[start: start + self.rows_per_forward]
+                module.set_rows([specs[k] for k, _ in chunk])
+                nll = scored_nll(self.model, self.windows[[w for _, w in chunk]]).tolist()
+                self.forwarded += len(chunk)
+                for (k, w), value in zip(chunk, nll, strict=True):
+                    values[k][w] = value
+                    if on_value is not None:
+                        on_value(k, w, value)
+                if self.on_batch is not None:
+                    self.on_batch(len(chunk))
+        finally:
+            uninstall_rope(self.model)
+        return [[v[w] for w in wanted] for v, (_, wanted) in zip(values, requests, strict=True)]
+
+
+def windowed_fitness(scorer: ModelScorer, rule: RacingRule | None = None) -> WindowedFitness:
+    """The search's fitness over ``scorer``'s windows: full (``rule`` None) or racing."""
+    return WindowedFitness(scorer, scorer.n, scorer.tokens, rule)
 
 
 def batched_fitness(model, space: SearchSpace, windows: torch.Tensor, *, tokens_per_batch: int = TOKENS_PER_BATCH,
                     attention_policy: str = "su", on_batch: Callable[[int], None] | None = None
                     ) -> Callable[[Sequence[Candidate]], list[float]]:
     """A fitness function: candidates → PPL on ``windows`` (N, length), several candidates per forward."""
-    n_windows, length = windows.shape
-    rows_per_forward = max(1, tokens_per_batch // length)
-
-    def fitness(candidates: Sequence[Candidate]) -> list[float]:
-        specs = [space.spec(c, attention_policy) for c in candidates]
-        # rows = (candidate, window) pairs, candidate-major
-        pairs = [(k, n) for k in range(len(specs)) for n in range(n_windows)]
-        totals = torch.zeros(len(specs), dtype=torch.float64)
-        module = install_per_row_rope(model)
-        try:
-            for start in range(0, len(pairs), rows_per_forward):
-                chunk = pairs[start: start + rows_per_forward]
-                module.set_rows([specs[k] for k, _ in chunk])
-                nll = scored_nll(model, windows[[n for _, n in chunk]])
-                totals.index_add_(0, torch.tensor([k for k, _ in chunk]), nll)
-                if on_batch is not None:
-                    on_batch(len(chunk))
-        finally:
-            uninstall_rope(model)
-        tokens = n_windows * (length - 1)
-        return [math.exp(t / tokens) for t in totals.tolist()]
-
-    return fitness
+    return windowed_fitness(ModelScorer(model, space, windows, tokens_per_batch=tokens_per_batch,
+                                        attention_policy=attention_policy, on_batch=on_batch))
 
 
 def reference_fitness(model, space: SearchSpace, windows: torch.Tensor, attention_policy: str = "su"
