@@ -21,7 +21,8 @@ A tokenizer without BOS (Qwen2) gets neither: windows are plain document tokens 
 document's) first token is never a target. Every result names its protocol, stride and BOS placement.
 
 Both protocols are token-weighted: PPL = exp(total NLL / scored tokens) (the references average per-window mean
-losses). Fast path: windows batched under a token budget, no KV cache, ``torch.no_grad``. ``reference_nll`` is
+losses). Fast path: windows batched under a token budget, no KV cache, ``torch.no_grad``, the loss from hidden states in
+chunks of positions (memory bounded by the chunk, not the length). ``reference_nll`` is
 the plain one-window-at-a-time HF forward it is tested against.
 """
 
@@ -32,8 +33,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ropelab.chunked_loss import LOSS_CHUNK_TOKENS, chunked_nll
 from ropelab.errors import RopelabError
 
 TOKENS_PER_BATCH = 16384  # batch rows so one forward holds at most this many tokens
@@ -121,14 +122,11 @@ def _batch_rows(length: int) -> int:
 
 
 @torch.no_grad()
-def scored_nll(model, inputs: torch.Tensor, score_from: int = 1) -> torch.Tensor:
-    """Per-row summed NLL of tokens at positions >= score_from (predicted from the previous position)."""
+def scored_nll(model, inputs: torch.Tensor, score_from: int = 1, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """Per-row summed NLL of tokens at positions >= score_from (predicted from the previous position), from the
+    hidden states in chunks of positions (``ropelab.chunked_loss``): never the whole sequence's logits."""
     device = next(model.parameters()).device
-    batch = inputs.to(device)
-    logits = model(input_ids=batch, use_cache=False).logits[:, score_from - 1: -1].float()
-    target = batch[:, score_from:]
-    nll = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-    return nll.sum(dim=1).cpu().double()
+    return chunked_nll(model, inputs.to(device), score_from, chunk_tokens).cpu().double()
 
 
 def window_nll(model, windows: torch.Tensor, batch_size: int | None = None) -> tuple[float, int]:

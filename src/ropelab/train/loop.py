@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from ropelab.atomic import digest_problem, write_with_digest
+from ropelab.chunked_loss import chunked_mean_loss
 from ropelab.config import TrainConfig
 from ropelab.errors import RopelabError
 from ropelab.train.data import random_batches
@@ -140,7 +141,7 @@ def train_causal_lm(
             if position_ids is not None:
                 kwargs = {"position_ids": position_ids(step, batch.shape[1], generator).to(device),
                           "attention_mask": torch.ones_like(batch)}
-            loss = model(input_ids=batch, labels=batch, **kwargs).loss
+            loss = chunked_mean_loss(model, batch, **kwargs)  # never the whole batch's logits at once
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss at {where(step)}; lower the learning rate "
                                          "(the last checkpoint is intact)")
