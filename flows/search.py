@@ -27,7 +27,7 @@ def search_flow(cfg: RunConfig, parent_run_id: str | None = None, model: ModelAr
             generations.append(stage.call(search_generation, model, data, s, generations[-1]))
             g = generations[-1]
             short = f" ({g.shortfall} children could not be made)" if g.shortfall else ""
-            raced = f", {g.eliminated} eliminated" if s.racing == "on" else ""
+            raced = f", {g.eliminated} eliminated" if s.racing else ""
             print(f"{name} generation {g.generation}: best {g.best:.4f}, median {g.median:.4f}, "
                   f"{g.forward_tokens} forward tokens{raced}{short}")
         result = stage.record(stage.call(search_report, model, data, s, generations))

@@ -106,7 +106,7 @@ def evolution_config(cfg: SearchConfig) -> EvolutionConfig:
 
 
 def racing_rule(cfg: SearchConfig) -> RacingRule | None:
-    return RacingRule(cfg.racing_first_windows, cfg.racing_spread) if cfg.racing == "on" else None
+    return RacingRule(cfg.racing_first_windows, cfg.racing_spread) if cfg.racing else None
 
 
 def planned_generations(cfg: SearchConfig) -> int:
@@ -250,7 +250,7 @@ def search_cost(generations: list[Generation], cfg: SearchConfig, target_length:
             "cache_hits_total": float(sum(g.cache_hits for g in generations)),
             "eliminated_total": float(sum(g.eliminated for g in generations)),
             "windows_scored_total": float(sum(g.windows_scored for g in generations)),
-            "racing": float(cfg.racing == "on"), "stopped_early": float(generations[-1].stopped_early),
+            "racing": float(cfg.racing), "stopped_early": float(generations[-1].stopped_early),
             "generations": float(generations[-1].generation),
             "halved": float(evolution_config(cfg).at_length(target_length) != evolution_config(cfg))}
 

@@ -109,7 +109,6 @@ Crossover = Literal["uniform", "code"]
 EvoScaleRule = Literal["round", "code"]
 MutationRetry = Literal["restart", "code"]
 StartTokenSearch = Literal["walk", "trial"]
-Racing = Literal["off", "on"]  # ropelab.search.racing.RACING
 AttentionPolicy = Literal["su", "yarn", "none"]
 Split = Literal["test", "validation"]
 PplProtocol = Literal["truncated", "sliding"]
@@ -257,9 +256,9 @@ class SearchConfig:
     early_stop_patience: NonNegative = doc("stop after this many generations without improvement (0: never)", 0)
     halve_above: NonNegative = doc("target lengths above this many tokens halve population, mutations, crossovers "
                                    "and parents (the paper's rule above 512k; 0: never)", 524288)
-    racing: Racing = doc("off: every candidate on every fitness window; on: a generation's new candidates are scored "
+    racing: Flag = doc("false: every candidate on every fitness window; true: a generation's new candidates are scored "
                          "on racing_first_windows windows, then window by window only while they can still enter the "
-                         "elitist cut (parents always fully scored: their fitness is exact)", "on")
+                         "elitist cut (parents always fully scored: their fitness is exact)", True)
     racing_first_windows: Positive = doc("racing: windows every new candidate is scored on first", 1)
     racing_spread: PositiveFloat = doc("racing: a candidate leaves when its mean NLL gap to the cut on its k of n "
                                        "windows exceeds spread·σ·√(n−k)/k, σ the observed window-to-window spread of "

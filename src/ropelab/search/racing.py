@@ -27,7 +27,6 @@ import numpy as np
 from ropelab.errors import RopelabError
 from ropelab.search.space import Candidate
 
-RACING = ("off", "on")
 Request = tuple[Candidate, tuple[int, ...]]  # a candidate and the windows (indices) to score it on
 # requests → per request, the summed NLL of each requested window (in the requested order)
 WindowScorer = Callable[[list[Request]], list[list[float]]]
