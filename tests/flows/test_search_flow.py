@@ -67,8 +67,8 @@ def fitness_rows(model_fingerprint: str) -> list[tuple]:
 
     rows = []
     for path in (paths().artifacts / "fitness-cache").glob(f"{model_fingerprint[:12]}-*.jsonl"):
-        rows += [(path.name, json.loads(line)["setting"], json.loads(line)["fitness"])
-                 for line in path.read_text().splitlines()]
+        rows += [(path.name, row["setting"], row["window"], row["nll"])
+                 for row in map(json.loads, path.read_text().splitlines())]
     return rows
 
 
@@ -79,8 +79,9 @@ def test_rerun_is_all_cache_hits_with_the_same_result(smoke, searched, upstream)
     again = search_flow(smoke, model=upstream[0], data=upstream[1])
     assert again.lam == searched.lam and again.test_ppl == searched.test_ppl
     after = fitness_rows(upstream[0].fingerprint)
-    assert after == before and len(after) >= searched.evaluated  # the rerun evaluated nothing
-    assert len({row[1] for row in after}) == len(after)  # no candidate was ever evaluated twice
+    assert after == before  # the rerun forwarded nothing
+    assert len({row[:2] for row in after}) >= searched.evaluated  # one line per (candidate, window) scored
+    assert len({row[:3] for row in after}) == len(after)  # no window of a candidate was ever scored twice
 
 
 def test_searches_differing_only_in_attention_policy_get_their_own_fitness(smoke, searched, upstream):
