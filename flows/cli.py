@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
 
     offline.enforce()  # before anything imports huggingface_hub, which reads the settings once
     args = build_parser().parse_args(argv)
-    previous = _terminate_like_ctrl_c()
+    # the servers stop on SIGTERM themselves (tasks/servers.run_until_signal) and exit 0: a normal stop
+    previous = None if args.run in (start_server, start_ui) else _terminate_like_ctrl_c()
     try:
         return args.run(args)
     except RopelabError as exc:
