@@ -94,8 +94,9 @@ def url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
 
 
-def start(service: Service) -> subprocess.Popen:
-    """Start the server in its own process group (so stopping it stops its workers) and wait until it answers."""
+def start(service: Service, cancelled: Callable[[], bool] = lambda: False) -> subprocess.Popen:
+    """Start the server in its own process group (so stopping it stops its workers) and wait until it answers
+    (or ``cancelled()``: a stop requested while it starts)."""
     service.log.parent.mkdir(parents=True, exist_ok=True)
     with service.log.open("ab") as log:
         child = subprocess.Popen(service.command, env=os.environ | service.env, stdout=log, stderr=subprocess.STDOUT,
@@ -105,7 +106,7 @@ def start(service: Service) -> subprocess.Popen:
         if child.poll() is not None:
             raise RopelabError(f"the {service.name} exited at start (code {child.returncode}): {last_line(service.log)}"
                                f" — full log in {service.log}")
-        if answers(service.health):
+        if cancelled() or answers(service.health):
             return child
         time.sleep(0.5)
     stop(child)
@@ -141,19 +142,22 @@ def stop(child: subprocess.Popen) -> None:
 def run_until_signal(service: Service, on_ready: Callable[[], None] = lambda: None,
                      on_exit: Callable[[], None] = lambda: None) -> int:
     """Start, announce, then block until SIGINT/SIGTERM (or the server dies); always stop the whole group."""
-    child = start(service)
     stopping = []
 
     def request_stop(signum, _frame):
         stopping.append(signum)
 
+    # handlers first: a client may see the server answer (and send SIGTERM) before our own poll of it does
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    child = None
     try:
+        child = start(service, cancelled=lambda: bool(stopping))
         on_ready()
         while not stopping and child.poll() is None:
             time.sleep(0.2)
     finally:
-        stop(child)
+        if child is not None:
+            stop(child)
         on_exit()
         for s, handler in previous.items():
             signal.signal(s, handler)
