@@ -3,12 +3,14 @@ clean stop on SIGTERM (children included)."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 
+import psutil
 import pytest
 
-from tests.ops.conftest import ROPELAB, Server, client_env, free_port
+from tests.ops.conftest import ROPELAB, Server, client_env, free_port, wait_for
 
 
 def run(*argv: str, **env: str) -> subprocess.CompletedProcess:
@@ -35,6 +37,19 @@ def test_the_mlflow_ui_serves_the_store_on_loopback_and_stops_with_its_children_
         code, out = ui.stop()
     assert code == 0 and f"http://127.0.0.1:{ui.port}/#/?workflowType=machine_learning" in out  # the runs view
     assert not ui.leftovers()
+
+
+def test_a_stop_requested_while_the_ui_starts_stops_it_cleanly_with_its_children():
+    """SIGTERM before the server answers (a scheduler cancelling at once) must not leave an orphaned server."""
+    process = subprocess.Popen([ROPELAB, "ui", "--port", str(free_port())], env=client_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(process.pid)
+    wait_for(lambda: process.poll() is not None or root.children(recursive=True), 60, "the ui to start its server")
+    tree = [root, *root.children(recursive=True)]
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert not psutil.wait_procs(tree, timeout=10)[1]
 
 
 @pytest.mark.parametrize("command", ["ui", "server"])
