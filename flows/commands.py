@@ -13,6 +13,8 @@ FLOWS = {  # command -> (module, flow function, help)
     "search": ("ropelab.flows.search", "search_flow", "LongRoPE evolutionary search of λ at search.scale"),
     "finetune": ("ropelab.flows.finetune", "finetune_flow", "fine-tune with a fixed RoPE (λ file or baseline) at a longer length"),
     "clex": ("ropelab.flows.clex", "clex_flow", "train CLEX (neural-ODE RoPE scaling) and compare it with a PI fine-tune"),
+    "longrope2": ("ropelab.flows.longrope2", "longrope2_flow", "LongRoPE2: critical-dim search at the final length, "
+                  "mixed context window fine-tuning, evaluation"),
     "pipeline": ("ropelab.flows.pipeline", "pipeline_flow", "the progressive LongRoPE recipe and CLEX end to end"),
     "evaluate": ("ropelab.flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
 }

@@ -2,7 +2,8 @@
 
 base → search r1, r2 (base model) → fine-tune at L·r1 with the r1 factors, then at L·r2 with the r2 factors →
 search r3 on the fine-tuned model (stored factors = product) → recovery searches at short lengths → CLEX
-(trained on the base model, with a PI fine-tune on the same tokens) → evaluation of every stage's output →
+(trained on the base model, with a PI fine-tune on the same tokens) → LongRoPE2 beside it when pipeline.longrope2
+(``ropelab.flows.longrope2``: one search + mixed-window fine-tuning on as many tokens) → evaluation of every stage's output →
 export (short_factor = recovery or long, long_factor = final), scored as stock transformers loads it. Adding a stage: a stage function (a subflow
 running its tasks through ``runner.stage``), one line here, a field of ``PipelineOutcome`` if later stages or
 the summary use it, and its config view in ``ropelab.recipe``. ``--rerun-from STAGE`` recomputes that stage
@@ -23,6 +24,7 @@ from ropelab.flows.clex import clex_stage, evaluate_native, pi_comparisons
 from ropelab.flows.data import data_flow
 from ropelab.flows.evaluate import evaluate_stage
 from ropelab.flows.finetune import finetune_flow
+from ropelab.flows.longrope2 import longrope2_stage
 from ropelab.flows.search import search_flow
 from ropelab.plan import final_length
 from ropelab.tasks import runner
@@ -57,10 +59,13 @@ def pipeline_flow(cfg: RunConfig, rerun_from: str | None = None) -> PipelineOutc
         choice = short_choice(cfg, parent, ft2, data, long, recovery[p.recovery_ratios[0]], fitness,
                               refresh("recovery"))
         clex = clex_stage(cfg, run, base, data, refresh("clex")) if p.clex else None
+        v2 = longrope2_stage(cfg, run, base, data, refresh("longrope2")) if p.longrope2 else None
         reports = evaluate_stages(cfg, run, base, data, stage1, ft2, long, choice.short, clex, refresh("evaluate"))
+        reports |= {"longrope2": v2.report} if v2 is not None else {}
         export = parent.record(export_stage(cfg, parent, ft2, data, long, choice.short, refresh("export")))
         outcome = PipelineOutcome(data, base, stage1, (ft1, ft2), stage2, recovery, choice, clex, reports,
-                                  combined_table(reports), export, None, run_id=run)
+                                  combined_table(reports), export, None, run_id=run, longrope2=v2,
+                                  progressive_tokens=recipe.progressive_finetune_tokens(cfg))
         outcome = parent.record(pipeline_report(cfg, outcome, parent.durations(), parent.report_dir()))
     print(outcome.summary)
     return outcome

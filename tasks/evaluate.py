@@ -14,6 +14,8 @@ from ropelab.atomic import staged_directory
 from ropelab.config import EvalConfig
 from ropelab.data.corpus import CorpusReader
 from ropelab.eval import zoo
+from ropelab.data.needles import build_needles, min_needle_length
+from ropelab.eval.needle import evaluate_needle_grid
 from ropelab.eval.passkey import cells as passkey_cells
 from ropelab.eval.passkey import control_cell, min_prompt_length
 from ropelab.eval.perplexity import bos_placement, choose_documents, sliding_set, truncated_windows
@@ -92,12 +94,42 @@ def evaluate_zoo(model: ModelArtifact, data: DataArtifact, cfg: EvalConfig,
                                       on_cell=lambda c: bar.update(job, advance=1, status=f"{c.method} @ "
                                                                    f"{c.result.length}: {c.result.ppl:.3f}"))
         passkey = passkey_grid(loaded, tokenizer, basics, methods, lengths, cfg, bar)
+        needle = needle_grid(loaded, tokenizer, basics, methods, lengths, cfg, data.path, bar)
     table = zoo.ppl_table(cells)
     out = paths().artifacts / "eval" / f"zoo-{model.fingerprint[:8]}-{int(time.time())}"
     with staged_directory(out) as staging:  # an interrupted report never looks complete
         flat = write_report(staging, cells, table, passkey, cfg, basics, data.fingerprint, title or model.kind)
+        if needle:
+            write_needle_report(staging, needle, cfg)
     return EvalArtifact(out, model.fingerprint, data.fingerprint, table=table, passkey=flat,
-                        seconds=time.monotonic() - start)
+                        seconds=time.monotonic() - start, needle=needle)
+
+
+def needle_grid(loaded, tokenizer, basics, methods, lengths, cfg: EvalConfig, corpus: Path, bar) -> dict:
+    """Needle PPL of every method at every length that holds a needle sample (eval.needle_samples per length,
+    built from the eval split's documents only)."""
+    shortest = min_needle_length(tokenizer.encode, tokenizer.bos_token_id)
+    lengths = [n for n in lengths if n >= shortest]
+    if not cfg.needle_samples or not lengths:
+        return {}
+    docs = list(CorpusReader(corpus).documents(cfg.split, "evaluate"))
+    sets = {n: build_needles(docs, cfg.split, tokenizer.encode, length=n, count=cfg.needle_samples, seed=cfg.seed,
+                             bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id) for n in lengths}
+    job = bar.add_task("needle PPL grid", total=len(methods) * len(lengths), status="")
+    return evaluate_needle_grid(loaded, basics, methods, sets,
+                                on_cell=lambda m, r: bar.update(job, advance=1, status=f"{m} @ {r.length}: {r.ppl:.3f}"))
+
+
+def needle_caption(cfg: EvalConfig) -> str:
+    return (f"Needle PPL (LongRoPE2's needle-driven perplexity: the loss on the 5-digit answer only) on "
+            f"{cfg.needle_samples} {cfg.split} samples per length, the needle in the first 10 % of the haystack.")
+
+
+def write_needle_report(out: Path, needle: dict, cfg: EvalConfig) -> None:
+    (out / "needle.json").write_text(json.dumps({m: {str(n): v for n, v in row.items()} for m, row in needle.items()},
+                                                indent=2))
+    with open(out / "zoo.md", "a") as fh:
+        fh.write("\n" + zoo.markdown_table(needle, needle_caption(cfg)))
 
 
 def passkey_grid(loaded, tokenizer, basics, methods, lengths, cfg: EvalConfig, bar) -> dict:

@@ -21,12 +21,16 @@ from ropelab.atomic import write_text_atomic
 from ropelab.checked import checked_line, read_checked_lines
 from ropelab.config import SearchConfig
 from ropelab.data.corpus import CorpusReader
+from ropelab.data.needles import build_needles
+from ropelab.errors import RopelabError
+from ropelab.eval.needle import answer_windows
 from ropelab.eval.perplexity import truncated_windows
 from ropelab.eval.plots import plot_search_curves
 from ropelab.models import load_model
 from ropelab.rope.adapter import rope_basics, specs_from_config
 from ropelab.rope.export import export_hf
 from ropelab.rope.factors_io import write_rescale_factors
+from ropelab.search.critical import critical_dim_candidates
 from ropelab.search.evolution import EvolutionConfig, SearchState, initial_state, next_generation
 from ropelab.search.fitness import ModelScorer, batched_fitness
 from ropelab.search.racing import RacingRule, Request, WindowedFitness
@@ -38,6 +42,7 @@ from ropelab.search.space import (
     exact_seeds,
     seed_vectors,
 )
+from ropelab.search.v2 import V2Space, initial_state_v2, next_generation_v2, sweep_rng
 from ropelab.tasks.caching import IDENTITY, code_version
 from ropelab.tasks.devices import device_task
 from ropelab.tasks.home import paths
@@ -78,10 +83,13 @@ def cached_model(path: Path):
     return load_model(path)
 
 
-def space_for(model, cfg: SearchConfig) -> SearchSpace:
+def space_for(model, cfg: SearchConfig, critical_dim: int | None = None) -> SearchSpace | V2Space:
     """The search space on this model: stage 1 on a base model, stage 2 (product with the model's λ) on a
-    fine-tuned longrope model, or a recovery search of short factors."""
+    fine-tuned longrope model, a recovery search of short factors, or (search.variant longrope2) LongRoPE2's
+    space at one critical dim."""
     b = rope_basics(model.config)
+    if cfg.variant == "longrope2":
+        return v2_space_for(model, cfg, critical_dim)
     common = dict(head_dim=b.head_dim, base=b.base, scale=cfg.scale,
                   original_max_position_embeddings=b.original_max_position_embeddings, bounds=cfg.bounds,
                   start_token_choices=START_TOKENS[cfg.start_tokens], max_rescale=cfg.max_rescale or None,
@@ -96,6 +104,41 @@ def space_for(model, cfg: SearchConfig) -> SearchSpace:
     trained_length = model.config.max_position_embeddings
     return SearchSpace(**common, reference_length=trained_length, base_rescale=long.rescale_factors,
                        total_factor=cfg.scale * trained_length / b.original_max_position_embeddings)
+
+
+def v2_space_for(model, cfg: SearchConfig, critical_dim: int | None) -> V2Space:
+    """LongRoPE2's space: one search on the base model (mode extend, no n̂), at ``critical_dim``."""
+    refuse_for_longrope2(model, cfg)
+    if critical_dim is None:
+        raise RopelabError("a longrope2 search runs at one critical dim (the flow sweeps search.critical_dims)")
+    b = rope_basics(model.config)
+    return V2Space(head_dim=b.head_dim, base=b.base, scale=cfg.scale,
+                   original_max_position_embeddings=b.original_max_position_embeddings, critical_dim=critical_dim,
+                   upper_ratio=cfg.upper_ratio, attention_factor=cfg.attention_factor or None)
+
+
+def refuse_for_longrope2(model, cfg: SearchConfig) -> None:
+    """One error line for settings LongRoPE2's search does not have."""
+    if cfg.mode != "extend":
+        raise RopelabError("search.variant longrope2 extends (search.mode extend); recovery searches are LongRoPE's")
+    if cfg.start_tokens != "none":
+        raise RopelabError("search.variant longrope2 searches no n̂: set search.start_tokens none")
+    if specs_from_config(model.config)[0].method == "longrope":
+        raise RopelabError("search.variant longrope2 searches once, on a model without longrope factors (LongRoPE2 "
+                           "then fine-tunes with mixed context windows); this model already has them")
+
+
+def critical_dims_for(model, cfg: SearchConfig) -> tuple[int, ...]:
+    """The critical dims a longrope2 search sweeps on this model (search.critical_dims, else the paper's range)."""
+    refuse_for_longrope2(model, cfg)
+    b = rope_basics(model.config)
+    dims = cfg.critical_dims or tuple(critical_dim_candidates(b.head_dim, b.base, b.original_max_position_embeddings,
+                                                              cfg.critical_dim_stride))
+    bad = [cd for cd in dims if not 0 < cd < b.head_dim // 2]
+    if bad:
+        raise RopelabError(f"search.critical_dims {bad} outside 1..{b.head_dim // 2 - 1} (rotary-pair indices of "
+                           f"head_dim {b.head_dim})")
+    return tuple(dims)
 
 
 def evolution_config(cfg: SearchConfig) -> EvolutionConfig:
@@ -124,9 +167,23 @@ def windows_for(tokenizer, corpus: Path, space: SearchSpace, split: str, count: 
     return truncated_windows(docs, space.target_length, count, tokenizer.bos_token_id, torch.Generator().manual_seed(seed))
 
 
-def search_dir(model: ModelArtifact, cfg: SearchConfig) -> Path:
-    key = identity.json_identity([model, cfg, code_version()])
-    return paths().artifacts / "search" / f"s{cfg.scale:g}-{identity.short(key)}"
+def scored_windows(tokenizer, corpus: Path, space, cfg: SearchConfig, split: str, count: int
+                   ) -> tuple[torch.Tensor, int]:
+    """(windows, first scored position) of the search's fitness kind on one split: plain windows scored from
+    position 1, or needle samples (built from that split's documents only) scored on their answers."""
+    if cfg.fitness == "ppl":
+        return windows_for(tokenizer, corpus, space, split, count, cfg.seed), 1
+    purpose = "search" if split == "validation" else "evaluate"
+    needles = build_needles(list(CorpusReader(corpus).documents(split, purpose)), split, tokenizer.encode,
+                            length=space.target_length, count=count, seed=cfg.seed, bos=tokenizer.bos_token_id,
+                            eos=tokenizer.eos_token_id)
+    return answer_windows(needles)
+
+
+def search_dir(model: ModelArtifact, cfg: SearchConfig, critical_dim: int | None = None) -> Path:
+    key = identity.json_identity([model, cfg, critical_dim, code_version()])
+    cd = f"-cd{critical_dim}" if critical_dim is not None else ""
+    return paths().artifacts / "search" / f"s{cfg.scale:g}{cd}-{identity.short(key)}"
 
 
 class FitnessCache:
@@ -180,17 +237,20 @@ class CachedScorer:
         return [[self.cache.values[key][w] for w in wanted] for key, (_, wanted) in zip(keys, requests, strict=True)]
 
 
-def _fitness(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, bar=None, racing: bool = True):
+def _fitness(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, bar=None, racing: bool = True,
+             critical_dim: int | None = None):
     """(space, the windowed fitness through the cache — racing per ``cfg`` unless ``racing`` is false —, the
     cached scorer whose counters the generation records)."""
     loaded, tokenizer = cached_model(model.path)
-    space = space_for(loaded, cfg)
-    windows = windows_for(tokenizer, data.path, space, "validation", cfg.num_windows, cfg.seed)
-    name = f"{model.fingerprint[:12]}-{data.fingerprint[:8]}-{identity.tensor_identity(windows)[:12]}-{code_version()}"
+    space = space_for(loaded, cfg, critical_dim)
+    windows, score_from = scored_windows(tokenizer, data.path, space, cfg, "validation", cfg.num_windows)
+    scored = f"-from{score_from}" if score_from != 1 else ""  # needle windows: only the answers are scored
+    name = (f"{model.fingerprint[:12]}-{data.fingerprint[:8]}-{identity.tensor_identity(windows)[:12]}{scored}-"
+            f"{code_version()}")
     cache = FitnessCache(paths().artifacts / "fitness-cache" / f"{name}.jsonl", space, cfg.attention_policy)
     on_batch = (lambda rows: bar[0].update(bar[1], advance=rows)) if bar else None
     scorer = cache.wrap(ModelScorer(loaded, space, windows, tokens_per_batch=cfg.tokens_per_batch,
-                                    attention_policy=cfg.attention_policy, on_batch=on_batch))
+                                    attention_policy=cfg.attention_policy, on_batch=on_batch, score_from=score_from))
     inner = scorer.scorer
     return space, WindowedFitness(scorer, inner.n, inner.tokens, racing_rule(cfg) if racing else None), scorer
 
@@ -212,28 +272,45 @@ def _save_state(state: SearchState, directory: Path, scorer: CachedScorer) -> Ge
 
 @device_task(name="search-init", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
-def search_init(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig) -> Generation:
-    """The seeded initial population, evaluated (generation 0)."""
+def search_init(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig,
+                critical_dim: int | None = None) -> Generation:
+    """The seeded initial population, evaluated (generation 0); longrope2 at ``critical_dim``, with its own
+    generator per critical dim (``sweep_rng``: a resumed sweep never depends on which dims already ran)."""
+    where = f" (critical dim {critical_dim})" if critical_dim is not None else ""
     with progress_bar() as bar:
-        job = bar.add_task("search: initial population", total=None, status="")
-        space, fitness, scorer = _fitness(model, data, cfg, (bar, job))
-        rng = np.random.default_rng(cfg.seed)
+        job = bar.add_task(f"search{where}: initial population", total=None, status="")
+        space, fitness, scorer = _fitness(model, data, cfg, (bar, job), critical_dim=critical_dim)
         with out_of_memory_is_final("search", space.target_length, OOM_HINT):
-            state = initial_state(fitness, space, evolution_config(cfg), rng, seeds_for(space, cfg))
-    return _save_state(state, search_dir(model, cfg), scorer)
+            if isinstance(space, V2Space):
+                state = initial_state_v2(fitness, space, evolution_config(cfg), sweep_rng(cfg.seed, critical_dim))
+            else:
+                state = initial_state(fitness, space, evolution_config(cfg), np.random.default_rng(cfg.seed),
+                                      seeds_for(space, cfg))
+    return _save_state(state, search_dir(model, cfg, critical_dim), scorer)
 
 
 @device_task(name="search-generation", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
-def search_generation(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, previous: Generation) -> Generation:
+def search_generation(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, previous: Generation,
+                      critical_dim: int | None = None) -> Generation:
     """One generation from the previous state file (its hash is part of the cache key)."""
     state = SearchState.from_json(previous.state_path.read_text())
+    where = f" (critical dim {critical_dim})" if critical_dim is not None else ""
     with progress_bar() as bar:
-        job = bar.add_task(f"search: generation {state.generation + 1}", total=None, status="")
-        space, fitness, scorer = _fitness(model, data, cfg, (bar, job))
+        job = bar.add_task(f"search{where}: generation {state.generation + 1}", total=None, status="")
+        space, fitness, scorer = _fitness(model, data, cfg, (bar, job), critical_dim=critical_dim)
+        step = next_generation_v2 if isinstance(space, V2Space) else next_generation
         with out_of_memory_is_final("search", space.target_length, OOM_HINT):
-            state = next_generation(state, fitness, space, evolution_config(cfg))
-    return _save_state(state, search_dir(model, cfg), scorer)
+            state = step(state, fitness, space, evolution_config(cfg))
+    return _save_state(state, search_dir(model, cfg, critical_dim), scorer)
+
+
+@device_task(name="search-sweep-plan", cache_policy=IDENTITY)
+def sweep_plan(model: ModelArtifact, cfg: SearchConfig) -> tuple[int, ...]:
+    """The critical dims a longrope2 search runs at on this model; (no dims) for LongRoPE's search."""
+    if cfg.variant != "longrope2":
+        return ()
+    return critical_dims_for(cached_model(model.path)[0], cfg)
 
 
 def generation_series(generations: list[Generation]) -> tuple[Series, ...]:
@@ -270,25 +347,29 @@ def exact_seed_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfi
 
 
 @device_task(name="search-report", cache_policy=IDENTITY)
-def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig,
-                  generations: list[Generation]) -> SearchArtifact:
-    """Winner and seeds re-evaluated on held-out test windows; λ as JSON + CSV; HF export; λ-curve plot."""
+def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, generations: list[Generation],
+                  critical_dim: int | None = None, sweep: dict[int, float] | None = None) -> SearchArtifact:
+    """Winner and seeds re-evaluated on held-out test windows (needle samples under search.fitness needle); λ as
+    JSON + CSV; HF export; λ-curve plot. longrope2: ``generations`` are the winning critical dim's, ``sweep`` every
+    critical dim's best validation fitness."""
     loaded, tokenizer = cached_model(model.path)
-    space = space_for(loaded, cfg)
+    space = space_for(loaded, cfg, critical_dim)
     state = SearchState.from_json(generations[-1].state_path.read_text())
-    out = search_dir(model, cfg) / "result"
+    out = search_dir(model, cfg, critical_dim) / "result"
     seeds = {e.origin.removeprefix("seed:"): e for e in state.history if e.origin.startswith("seed:")}
-    test = windows_for(tokenizer, data.path, space, "test", cfg.test_windows, cfg.seed)
+    test, score_from = scored_windows(tokenizer, data.path, space, cfg, "test", cfg.test_windows)
     contenders = {"winner": state.best.candidate, **{f"seed:{k}": e.candidate for k, e in seeds.items()}}
     score_test = batched_fitness(loaded, space, test, tokens_per_batch=cfg.tokens_per_batch,
-                                 attention_policy=cfg.attention_policy)
+                                 attention_policy=cfg.attention_policy, score_from=score_from)
     test_ppl = dict(zip(contenders, score_test(list(contenders.values())), strict=True))
     winner = state.best.candidate
     spec = space.spec(winner, cfg.attention_policy)
     meta = {"factor": space.total_factor or space.scale, "search_scale": space.scale, "mode": cfg.mode,
             "start_tokens": winner.start_tokens, "original_max_position_embeddings": space.original_max_position_embeddings,
             "validation_ppl": state.best.fitness, "test_ppl": test_ppl["winner"], "attention_policy": cfg.attention_policy,
-            "attention_factor": spec.compute()[1]}
+            "attention_factor": spec.compute()[1], "variant": cfg.variant, "fitness": cfg.fitness}
+    if critical_dim is not None:
+        meta |= {"critical_dim": critical_dim, "critical_dim_indexing": "rotary pair (position in the λ vector)"}
     lam = write_rescale_factors(out / "rescale_factors.json", space.stored_factors(winner), **meta,
                                 searched=list(winner.rescale_factors))
     write_rescale_factors(out / "rescale_factors.csv", space.stored_factors(winner))
@@ -298,14 +379,19 @@ def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig,
     export = export_hf(loaded, out / "hf_export", spec, tokenizer=tokenizer,
                        provenance={"search": str(out.parent), "data_version": data.fingerprint})
     validation = {"winner": state.best.fitness, **{f"seed:{k}": e.fitness for k, e in seeds.items()}}
-    exact = exact_seed_report(model, data, cfg, space, {k: e.candidate for k, e in seeds.items()}, score_test)
+    exact = ({} if isinstance(space, V2Space) else  # longrope2's seeds are built on the grid: nothing snapped
+             exact_seed_report(model, data, cfg, space, {k: e.candidate for k, e in seeds.items()}, score_test))
     cost = search_cost(generations, cfg, space.target_length)
+    sweep = {int(k): float(v) for k, v in (sweep or {}).items()}
     write_text_atomic(out / "report.json", json.dumps({"test_ppl": test_ppl, "validation_ppl": validation,
                                                        "evaluated": len(state.history), "exact_seeds": exact,
-                                                       "shortfall": state.shortfall, "cost": cost}, indent=2))
+                                                       "shortfall": state.shortfall, "cost": cost,
+                                                       "variant": cfg.variant, "fitness": cfg.fitness,
+                                                       "critical_dim": critical_dim, "sweep": sweep}, indent=2))
     return SearchArtifact(out, identity.sha256_file(lam)[:16], data.fingerprint, lam=lam, export=export.path,
                           mode=cfg.mode, test_ppl=test_ppl, validation_ppl=validation, evaluated=len(state.history),
                           cost=cost,
                           generations=generation_series(generations),
-                          generation_logs=tuple(g.log_path for g in generations), lossy=tuple(export.lossy))
+                          generation_logs=tuple(g.log_path for g in generations), lossy=tuple(export.lossy),
+                          variant=cfg.variant, fitness=cfg.fitness, sweep=sweep, critical_dim=critical_dim or 0)
 

@@ -116,6 +116,10 @@ class SearchArtifact(Artifact):
     generations: tuple[Series, ...] = ()
     generation_logs: tuple[Path, ...] = ()
     lossy: tuple[str, ...] = ()
+    variant: str = "longrope"
+    fitness: str = "ppl"  # what validation_ppl / test_ppl measure: window PPL, or needle (answer-token) PPL
+    sweep: dict[int, float] = field(default_factory=dict)  # longrope2: critical dim → its search's best fitness
+    critical_dim: int = 0  # longrope2: the sweep's winner (rotary-pair index)
 
     def paths(self) -> tuple[Path, ...]:
         return (self.path, self.lam, self.export, *self.generation_logs)
@@ -125,9 +129,14 @@ class SearchArtifact(Artifact):
         metrics |= {f"validation_ppl/{k}": v for k, v in self.validation_ppl.items()}
         metrics["search/evaluated"] = float(self.evaluated)
         metrics |= {f"search/{k}": v for k, v in self.cost.items()}
+        series = self.generations
+        params = {"search.lambda": str(self.lam), "search.export": str(self.export), "search.variant": self.variant,
+                  "search.fitness": self.fitness}
+        if self.sweep:
+            metrics["search/critical_dim"] = float(self.critical_dim)
+            series += (Series("search/critical_dim_sweep", tuple(sorted(self.sweep.items()))),)
         files = ((self.path, "result"), *((log, "generations") for log in self.generation_logs))
-        return Record(metrics, self.generations, {"search.lambda": str(self.lam), "search.export": str(self.export)},
-                      files)
+        return Record(metrics, series, params, files)
 
 
 @dataclass(frozen=True)
@@ -137,10 +146,13 @@ class EvalArtifact(Artifact):
     table: dict[str, dict[int, float]] = field(default_factory=dict)
     passkey: dict = field(default_factory=dict)
     seconds: float = 0.0
+    needle: dict[str, dict[int, float]] = field(default_factory=dict)  # needle PPL {row: {length: PPL}}
 
     def record(self) -> Record:
         metrics = {f"ppl/{row}/{n}": v for row, cells in self.table.items() for n, v in cells.items()}
+        metrics |= {f"needle_ppl/{row}/{n}": v for row, cells in self.needle.items() for n, v in cells.items()}
         series = tuple(Series(f"ppl/{row}", tuple(sorted(cells.items()))) for row, cells in self.table.items())
+        series += tuple(Series(f"needle_ppl/{row}", tuple(sorted(cells.items()))) for row, cells in self.needle.items())
         return Record(metrics, series, {"report.dir": str(self.path)}, ((self.path, "zoo"),))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,8 @@ EvoScaleRule = Literal["round", "code"]
 MutationRetry = Literal["restart", "code"]
 StartTokenSearch = Literal["walk", "trial"]
 AttentionPolicy = Literal["su", "yarn", "none"]
+SearchVariant = Literal["longrope", "longrope2"]
+FitnessKind = Literal["ppl", "needle"]
 Split = Literal["test", "validation"]
 PplProtocol = Literal["truncated", "sliding"]
 TimeStep = Annotated[Number, Field(gt=0, le=1)]
@@ -199,6 +202,9 @@ class EvalConfig:
     sliding_bos: Literal["every_window", "first_window"] = doc(
         "sliding protocol: BOS on every window (the YaRN and LongRoPE evaluators) or once before each document "
         "(the transformers perplexity guide); a tokenizer without BOS gets none either way", "every_window")
+    needle_samples: NonNegative = doc("needle-PPL samples per length (LongRoPE2's needle-driven perplexity: the loss "
+                                      "on a 5-digit answer asked for at the end, the needle in the first 10 %; built "
+                                      "from the eval split; 0: off)", 0)
     passkey_depths: tuple[Probability, ...] = doc("passkey needle depths (fractions of the filler)", (0.1, 0.5, 0.9))
     passkey_trials: NonNegative = doc("passkey prompts (keys 1..50000) per (length, depth) and for the positive "
                                       "control; accuracy is reported with a Wilson 95% interval; 0 disables "
@@ -265,6 +271,20 @@ class SearchConfig:
                                        "the gaps (.inf: never eliminate)", 2.0)
     max_rescale: OffOrRatio = doc("upper bound on λ (recovery search); 0: the bounds' own", 0.0)
     tokens_per_batch: Positive = doc("tokens per forward pass when evaluating candidates in batches", 16384)
+    variant: SearchVariant = doc(
+        "longrope: LongRoPE's search (every pair's λ, n̂); longrope2: LongRoPE2's (only the pairs from the critical "
+        "dim up, on the 0.01 grid within [s, upper_ratio·s], strictly increasing; the pairs below on the NTK curve "
+        "through the critical one; no n̂; seeds, bounds and start tokens are its own; one search per critical dim "
+        "of the sweep, the best kept)", "longrope")
+    critical_dims: tuple[Positive, ...] = doc(
+        "longrope2: the critical dims to sweep (rotary-pair indices: position in the λ vector); empty: from the last "
+        "pair completing 10 periods inside L up to d_tcd, every critical_dim_stride-th (d_tcd always)", ())
+    critical_dim_stride: Positive = doc("longrope2: stride of the automatic critical-dim sweep", 1)
+    upper_ratio: Ratio = doc("longrope2: searched pairs within [s, upper_ratio·s] (the released scripts: 2)", 2.0)
+    fitness: FitnessKind = doc(
+        "ppl: perplexity of num_windows validation windows; needle: LongRoPE2's needle-driven perplexity, the loss on "
+        "the answer of a 5-digit needle placed in the first 10 % of a validation document and asked for at its end "
+        "(every other label masked), on num_windows needle samples", "ppl")
 
 
 @dataclass(frozen=True)
@@ -319,7 +339,8 @@ class ClexConfig:
                                                                  warmup_steps=10, checkpoint_every=50))
 
 
-PIPELINE_STAGES = ("base", "search1", "finetune1", "finetune2", "search2", "recovery", "clex", "evaluate", "export")
+PIPELINE_STAGES = ("base", "search1", "finetune1", "finetune2", "search2", "recovery", "clex", "longrope2", "evaluate",
+                   "export")
 
 
 @dataclass(frozen=True)
@@ -348,6 +369,13 @@ class PipelineConfig:
     clex: Flag = doc("run the CLEX stage (trained on the base model) and compare it in the final evaluation", True)
     clex_compare_pi: Flag = doc("the CLEX stage also fine-tunes PI on the same tokens (clex.compare_pi_scale), as "
                                 "`ropelab clex` does; off: CLEX is compared with the LongRoPE stages only", True)
+    longrope2: Flag = doc("also run LongRoPE2 on the base model and compare it with the progressive recipe: one "
+                          "longrope2 search at the final length (the stage-2 search's budget: final_search_*; "
+                          "search.critical_dims / critical_dim_stride), mixed context window fine-tuning at the final "
+                          "length on as many tokens as the two progressive fine-tunes, the evaluation at every length",
+                          False)
+    longrope2_fitness: FitnessKind = doc("fitness of the pipeline's longrope2 search: needle (LongRoPE2's) or ppl",
+                                         "needle")
     short_attention: ShortAttention = doc("attention factor of inputs up to L under the short set, in the recovery "
                                           "search, the short-set choice and the evaluation: long = the long set's "
                                           "(transformers' longrope: logits ×1.75 at 4k for a 2048k LLaMA2); one = "
@@ -375,7 +403,7 @@ def _one_timing(entry: ScheduleConfig) -> ScheduleConfig:
     return entry
 
 
-ScheduleFlow = Literal["pipeline", "search", "finetune", "clex", "evaluate", "data", "base"]
+ScheduleFlow = Literal["pipeline", "search", "finetune", "clex", "evaluate", "data", "base", "longrope2"]
 Cron = Annotated[str, AfterValidator(_cron)]
 
 
@@ -386,7 +414,8 @@ class ScheduleConfig:
     __pydantic_config__ = STRICT
 
     name: Name = doc("deployment name (`ropelab trigger NAME` starts a run of it)")
-    flow: ScheduleFlow = doc("the flow it runs: pipeline, search, finetune, clex, evaluate, data or base", "pipeline")
+    flow: ScheduleFlow = doc("the flow it runs: pipeline, search, finetune, clex, evaluate, data, base or longrope2",
+                             "pipeline")
     config: str = doc("preset name or YAML file of the runs (empty: the config that holds this schedule)", "")
     overrides: tuple[str, ...] = doc("--set KEY=VALUE overrides applied to every run of it", ())
     cron: Cron = doc("cron line in UTC, e.g. '0 3 * * *' (nightly at 03:00); or set interval", "")
@@ -456,18 +485,33 @@ def _apply_override(tree: dict, assignment: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw)
 
 
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A preset's mapping; ``extends: NAME`` first reads NAME.yaml beside it and merges this file over it."""
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise RopelabError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise RopelabError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(tree, dict):
+        raise RopelabError(f"{path}: the top level must be a mapping")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str) or not re.fullmatch(SAFE_NAME, parent):
+        raise RopelabError(f"{path}: extends must name a preset beside it (e.g. extends: tiny), got {parent!r}")
+    base = path.parent / f"{parent}.yaml"
+    if base.resolve() in seen or base.resolve() == path.resolve():
+        raise RopelabError(f"{path}: extends {parent!r} makes a cycle")
+    if not base.is_file():
+        raise RopelabError(f"{path}: extends {parent!r}, but there is no {base}")
+    return deep_merge(_read_tree(base, (*seen, path.resolve())), tree)
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """Read a YAML preset (or the defaults when path is None) and apply ``--set`` overrides."""
-    tree: dict = {}
-    if path is not None:
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise RopelabError(f"cannot read config {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise RopelabError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-        if not isinstance(tree, dict):
-            raise RopelabError(f"{path}: the top level must be a mapping")
+    """Read a YAML preset (or the defaults when path is None; ``extends: NAME`` builds on the preset NAME.yaml
+    beside it) and apply ``--set`` overrides."""
+    tree: dict = _read_tree(Path(path)) if path is not None else {}
     for assignment in overrides:
         _apply_override(tree, assignment)
     return build(RunConfig, tree, str(path or "config"))

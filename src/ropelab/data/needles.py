@@ -70,6 +70,13 @@ def _shuffled(key: str, rng: random.Random) -> str:
             return "".join(digits)
 
 
+def min_needle_length(encode: Callable[[str], list[int]], bos: int | None, digits: int = 5) -> int:
+    """The shortest sample that holds BOS, the needle, the question, the answer and one haystack token."""
+    number = "9" * digits
+    parts = encode(NEEDLE[0]) + encode(number) + encode(NEEDLE[1]) + encode(QUESTION) + encode(number)
+    return len(parts) + (bos is not None) + 1
+
+
 def build_needles(documents: Sequence[Document], split: str, encode: Callable[[str], list[int]], *, length: int,
                   count: int, seed: int, bos: int | None, eos: int | None, depth: tuple[float, float] = (0.0, 0.1),
                   digits: int = 5, shuffle_answer: bool = False) -> NeedleSet:

@@ -23,6 +23,17 @@ from ropelab.plan import final_length
 
 
 @dataclass(frozen=True)
+class Longrope2Outcome:
+    """LongRoPE2 on the base model: its search, the mixed-window fine-tuned model (a stock longrope directory,
+    short_factor = 1.0), that model's evaluation, the fine-tuning tokens."""
+
+    search: SearchArtifact
+    model: ModelArtifact
+    report: EvalArtifact
+    tokens: int
+
+
+@dataclass(frozen=True)
 class PipelineOutcome:
     """Everything the progressive pipeline produced, stage by stage."""
 
@@ -43,6 +54,8 @@ class PipelineOutcome:
     summary: str = field(default="", compare=False)
     report_dir: Path | None = None
     in_memory: ExtensionHeadline | None = None  # the in-memory model's, when the stock export drops part of it
+    longrope2: Longrope2Outcome | None = None  # pipeline.longrope2: LongRoPE2 beside the progressive recipe
+    progressive_tokens: int = 0  # the progressive recipe's fine-tuning tokens (the v1-vs-v2 comparison's budget)
 
     def record(self) -> Record:
         """The parent run: headline (the stock export's; the in-memory model's beside it when the export is lossy)
@@ -129,11 +142,52 @@ def short_attention(cfg: RunConfig) -> str:
     return "1 up to L (the research inference; not in the stock export)"
 
 
+V1_ROW, V2_ROW = ("finetuned", "progressive_recovery"), ("longrope2", "native")
+
+
+def mean_passkey(report: EvalArtifact, row: str, length: int) -> float | None:
+    """Passkey accuracy at one length, pooled over depths (equal trials per depth), or None if not scored."""
+    cells = report.passkey.get(row, {}).get(str(length))
+    return sum(cells.values()) / len(cells) if cells else None
+
+
+def longrope2_markdown(cfg: RunConfig, o: PipelineOutcome) -> str:
+    """LongRoPE (progressive) against LongRoPE2 (one search + mixed-window training) at their fine-tuning token
+    budgets: PPL, needle PPL and passkey at 8× L and the final length, and the change at L against the base."""
+    L, final = cfg.model.context_length, final_length(cfg)
+    lengths = sorted({n for n in (8 * L, final) if n <= final})
+    base = o.reports["base"].table["none"][L]
+    v2 = o.longrope2
+    rows = {"LongRoPE (progressive)": (o.reports[V1_ROW[0]], V1_ROW[1], o.progressive_tokens),
+            "LongRoPE2 (longrope2 + mixed windows)": (v2.report, V2_ROW[1], v2.tokens)}
+    head = " | ".join([f"PPL {n}" for n in lengths] + [f"needle PPL {n}" for n in lengths]
+                      + [f"passkey {n}" for n in lengths])
+    lines = [f"LongRoPE vs LongRoPE2 on the {cfg.preset} base (held-out {cfg.eval.split}: {protocol_words(cfg.eval)}; "
+             f"needle PPL on {cfg.eval.needle_samples} samples per length; passkey pooled over depths "
+             f"{', '.join(f'{d:g}' for d in cfg.eval.passkey_depths)}, {cfg.eval.passkey_trials} trials each). "
+             f"Change at L = {L} against the base's {base:.3f}.", "",
+             f"| model | fine-tuning tokens | PPL {L} (change) | {head} |", "|---|---:|---:|" + "---:|" * 3 * len(lengths)]
+    for name, (report, row, tokens) in rows.items():
+        ppl, needle = report.table.get(row, {}), report.needle.get(row, {})
+        cells = [f"{ppl[n]:.3f}" if n in ppl else "–" for n in lengths]
+        cells += [f"{needle[n]:.3f}" if n in needle else "–" for n in lengths]
+        cells += ["–" if mean_passkey(report, row, n) is None else f"{mean_passkey(report, row, n):.0%}" for n in lengths]
+        at_l = f"{ppl[L]:.3f} ({ppl[L] / base - 1:+.1%})" if L in ppl else "–"
+        lines.append(f"| {name} | {tokens} | {at_l} | " + " | ".join(cells) + " |")
+    s = v2.search
+    lines += ["", f"LongRoPE2 search: critical dim {s.critical_dim} (rotary-pair index) of the sweep "
+              + ", ".join(f"{cd}: {v:.3f}" for cd, v in sorted(s.sweep.items()))
+              + f" ({s.fitness} fitness, validation); test {s.fitness} PPL of the winner {s.test_ppl['winner']:.3f}."]
+    return "\n".join(lines) + "\n"
+
+
 def pipeline_summary(cfg: RunConfig, o: PipelineOutcome, zoo_markdown: Mapping[str, str]) -> str:
     """Headline first, then every stage's output, one table of every stage, each zoo, the stage times."""
     lines = [f"# ropelab pipeline: {cfg.preset}", "", headline_line(cfg, o.headline, o.in_memory, o.export.lossy), "",
              *stage_lines(cfg, o), "",
              "## every stage", "", comparison_markdown(o.combined, cfg, "Held-out PPL of every stage's output"), ""]
+    if o.longrope2 is not None:
+        lines += ["## LongRoPE vs LongRoPE2", "", longrope2_markdown(cfg, o), ""]
     for name, text in zoo_markdown.items():
         lines += [f"## {name} model", "", text, ""]
     return "\n".join([*lines, "## stage times", "", stage_times_markdown(o.durations), ""])
@@ -149,7 +203,8 @@ def pipeline_report(cfg: RunConfig, outcome: PipelineOutcome, durations, out: Pa
                  if outcome.export.lossy else None)
     outcome = dataclasses.replace(outcome, headline=headline, in_memory=in_memory, durations=tuple(durations),
                                   report_dir=out)
-    zoos = {n: (r.path / "zoo.md").read_text() for n, r in outcome.reports.items() if n in ("base", "finetuned")}
+    zoos = {n: (r.path / "zoo.md").read_text() for n, r in outcome.reports.items()
+            if n in ("base", "finetuned", "longrope2")}
     summary = pipeline_summary(cfg, outcome, zoos)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(summary)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ropelab.errors import RopelabError
 from ropelab.eval.perplexity import TOKENS_PER_BATCH, perplexity, scored_nll
 from ropelab.rope.modules import install_per_row_rope, install_rope, uninstall_rope
 from ropelab.search.racing import RacingRule, Request, WindowedFitness
@@ -22,13 +23,17 @@ class ModelScorer:
     """Scores (candidate, windows) requests: per window, the summed NLL of ``windows[w]`` (N, length) with the
     candidate's RoPE, several (candidate, window) rows per forward, one RoPE per batch row. ``forwarded``
     counts the rows run (forward tokens = forwarded · length); ``on_value(request, window, value)`` sees each
-    result as soon as its forward returns (the fitness cache persists it then)."""
+    result as soon as its forward returns (the fitness cache persists it then). ``score_from``: only positions
+    ≥ it are scored (1: every predicted token; a needle set's answer start: LongRoPE2's needle-driven PPL)."""
 
     def __init__(self, model, space: SearchSpace, windows: torch.Tensor, *, tokens_per_batch: int = TOKENS_PER_BATCH,
-                 attention_policy: str = "su", on_batch: Callable[[int], None] | None = None):
+                 attention_policy: str = "su", on_batch: Callable[[int], None] | None = None, score_from: int = 1):
         self.model, self.space, self.windows, self.policy, self.on_batch = model, space, windows, attention_policy, on_batch
         self.n, self.length = windows.shape
-        self.tokens = self.length - 1  # scored tokens per window
+        if not 1 <= score_from < self.length:
+            raise RopelabError(f"score_from must be in [1, {self.length - 1}], got {score_from}")
+        self.score_from = score_from
+        self.tokens = self.length - score_from  # scored tokens per window
         self.rows_per_forward = max(1, tokens_per_batch // self.length)
         self.forwarded = 0
 
@@ -42,7 +47,7 @@ class ModelScorer:
             for start in range(0, len(pairs), self.rows_per_forward):
                 chunk = pairs[start: start + self.rows_per_forward]
                 module.set_rows([specs[k] for k, _ in chunk])
-                nll = scored_nll(self.model, self.windows[[w for _, w in chunk]]).tolist()
+                nll = scored_nll(self.model, self.windows[[w for _, w in chunk]], self.score_from).tolist()
                 self.forwarded += len(chunk)
                 for (k, w), value in zip(chunk, nll, strict=True):
                     values[k][w] = value
@@ -61,11 +66,12 @@ def windowed_fitness(scorer: ModelScorer, rule: RacingRule | None = None) -> Win
 
 
 def batched_fitness(model, space: SearchSpace, windows: torch.Tensor, *, tokens_per_batch: int = TOKENS_PER_BATCH,
-                    attention_policy: str = "su", on_batch: Callable[[int], None] | None = None
+                    attention_policy: str = "su", on_batch: Callable[[int], None] | None = None, score_from: int = 1
                     ) -> Callable[[Sequence[Candidate]], list[float]]:
-    """A fitness function: candidates → PPL on ``windows`` (N, length), several candidates per forward."""
+    """A fitness function: candidates → PPL on ``windows`` (N, length) from ``score_from`` on, several
+    candidates per forward."""
     return windowed_fitness(ModelScorer(model, space, windows, tokens_per_batch=tokens_per_batch,
-                                        attention_policy=attention_policy, on_batch=on_batch))
+                                        attention_policy=attention_policy, on_batch=on_batch, score_from=score_from))
 
 
 def reference_fitness(model, space: SearchSpace, windows: torch.Tensor, attention_policy: str = "su"

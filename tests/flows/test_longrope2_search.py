@@ -1,0 +1,97 @@
+"""search.variant longrope2 through the search flow on the smoke preset: the critical-dim sweep, needle fitness,
+every candidate inside LongRoPE2's space, the sweep in MLflow, a stock export, a cache-hit rerun."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from transformers import AutoConfig
+
+from ropelab.config import derive, load_config
+from ropelab.errors import RopelabError
+from ropelab.search.critical import ntk_left
+from ropelab.tasks.home import resolve_config
+
+pytestmark = pytest.mark.slow
+
+DIMS = (3, 5)  # smoke: head_dim 32 (16 pairs), L = 64; d_tcd is pair 5
+
+
+@pytest.fixture(scope="module")
+def v2():
+    smoke = load_config(resolve_config("smoke"))
+    return derive(smoke, search={"variant": "longrope2", "start_tokens": "none", "critical_dims": list(DIMS),
+                                 "fitness": "needle", "iterations": 2})
+
+
+@pytest.fixture(scope="module")
+def upstream(v2):
+    from ropelab.flows.base import upstream
+
+    return upstream(v2, None, None, None)
+
+
+@pytest.fixture(scope="module")
+def searched(v2, upstream):
+    from ropelab.flows.search import search_flow
+
+    return search_flow(v2, model=upstream[0], data=upstream[1])
+
+
+def test_the_sweep_runs_one_search_per_critical_dim_and_keeps_the_best(searched):
+    assert set(searched.sweep) == set(DIMS) and searched.critical_dim in DIMS
+    assert searched.sweep[searched.critical_dim] == min(searched.sweep.values())
+    assert searched.validation_ppl["winner"] == pytest.approx(searched.sweep[searched.critical_dim])
+    report = json.loads((searched.path / "report.json").read_text())
+    assert report["variant"] == "longrope2" and report["fitness"] == "needle"
+    assert {k for k in report["test_ppl"] if k != "winner"} <= {f"seed:ntk-cd-{i}" for i in range(8)}
+
+
+def test_every_candidate_is_inside_the_longrope2_space(searched):
+    scale, cd = 4.0, searched.critical_dim
+    rows = [json.loads(line) for log in searched.generation_logs for line in log.read_text().splitlines()]
+    assert len(rows) == searched.evaluated and searched.evaluated > 8
+    for row in rows:
+        lam = np.array(row["rescale_factors"])
+        assert row["start_tokens"] == 0
+        assert np.all(np.diff(lam) > 0)  # strictly increasing
+        assert scale - 1e-9 <= lam[cd] and lam[-1] <= 2 * scale + 1e-9
+        assert np.allclose(lam, ntk_left(lam, cd), rtol=1e-12, atol=0)  # the pairs below cd on the NTK curve
+
+
+def test_mlflow_holds_the_sweep_and_the_export_is_stock_longrope(searched):
+    from ropelab.tasks import tracking
+
+    client = tracking.client()
+    run = client.get_run(searched.run_id)
+    assert run.data.tags["search.variant"] == "longrope2" and run.data.tags["search.fitness"] == "needle"
+    sweep = client.get_metric_history(searched.run_id, "search/critical_dim_sweep")
+    assert {m.step: m.value for m in sweep} == pytest.approx(searched.sweep)
+    lam = json.loads(searched.lam.read_text())
+    assert lam["critical_dim"] == searched.critical_dim and lam["variant"] == "longrope2"
+    config = AutoConfig.from_pretrained(searched.export)
+    assert config.rope_parameters["rope_type"] == "longrope"
+    assert config.rope_parameters["long_factor"] == pytest.approx(lam["rescale_factors"])
+
+
+def test_needle_fitness_is_cached_apart_and_a_rerun_forwards_nothing(v2, searched, upstream):
+    from ropelab.flows.search import search_flow
+    from ropelab.tasks.home import paths
+
+    caches = sorted((paths().artifacts / "fitness-cache").glob(f"{upstream[0].fingerprint[:12]}-*-from*.jsonl"))
+    assert caches  # the needle fitness (answers only) never shares a file with plain-PPL fitness
+    before = [p.read_text() for p in caches]
+    again = search_flow(v2, model=upstream[0], data=upstream[1])
+    assert again.lam == searched.lam and again.sweep == searched.sweep
+    assert [p.read_text() for p in caches] == before
+
+
+def test_longrope2_refuses_a_model_that_already_has_longrope_factors(v2, searched, upstream):
+    from ropelab.artifacts import ModelArtifact
+    from ropelab.flows.search import search_flow
+
+    extended = ModelArtifact(searched.export, "export-" + searched.fingerprint, searched.data_version)
+    with pytest.raises(RopelabError, match="already has them"):
+        search_flow(v2, model=extended, data=upstream[1])
