@@ -97,7 +97,9 @@ def pack_short_rows(token_docs: Sequence[Sequence[int]], row_len: int, max_doc_l
 def block_causal_mask(doc_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The additive 4-D mask (rows, 1, q, k) for ``doc_ids`` (rows, seq): 0 where position q may attend to k
     (same document, k <= q), the dtype's minimum elsewhere. A padding position attends to itself only, so no
-    query row is fully masked (softmax over nothing is NaN). transformers uses a 4-D mask as given."""
+    query row is fully masked (softmax over nothing is NaN). Additive, not bool: transformers (5.23,
+    masking_utils._preprocess_mask_arguments) passes a 4-D mask through as given, and eager attention adds it
+    to the scores, while sdpa takes either."""
     seq = doc_ids.shape[-1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=doc_ids.device).tril()
     same_doc = (doc_ids[:, :, None] == doc_ids[:, None, :]) & (doc_ids[:, :, None] != PADDING)
