@@ -61,18 +61,29 @@ def chunked_nll(model, inputs: torch.Tensor, score_from: int = 1, chunk_tokens: 
     return total
 
 
-def chunked_mean_loss(model, inputs: torch.Tensor, chunk_tokens: int = LOSS_CHUNK_TOKENS, **kwargs) -> torch.Tensor:
-    """The mean next-token cross-entropy over every position (what ``model(labels=inputs).loss`` gives), with
-    gradients; each chunk is checkpointed so only one chunk's logits live during the backward too."""
+def chunked_mean_loss(model, inputs: torch.Tensor, chunk_tokens: int = LOSS_CHUNK_TOKENS,
+                      labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """The mean next-token cross-entropy (what ``model(labels=labels or inputs).loss`` gives), with gradients;
+    each chunk is checkpointed so only one chunk's logits live during the backward too.
+
+    ``labels`` (rows, seq), transformers' convention: aligned with ``inputs``, labels[:, 1:] are predicted from
+    positions [:, :-1], -100 is skipped (packed documents, padding); the mean is over the labelled targets.
+    Without labels every next token counts.
+    """
+    targets = inputs[:, 1:] if labels is None else labels[:, 1:]
     parts = base_and_head(model)
     if parts is None or chunk_tokens <= 0:
-        return model(input_ids=inputs, labels=inputs, use_cache=False, **kwargs).loss
+        return model(input_ids=inputs, labels=inputs if labels is None else labels, use_cache=False, **kwargs).loss
     base, head = parts
     hidden = base(input_ids=inputs, use_cache=False, **kwargs).last_hidden_state
     step = _positions_per_chunk(inputs.shape[0], chunk_tokens)
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, inputs.shape[1] - 1, step):
         e = min(s + step, inputs.shape[1] - 1)
-        total = total + checkpoint(_chunk_nll, head, hidden[:, s:e], inputs[:, s + 1: e + 1],
-                                   use_reentrant=False).sum()
-    return total / (inputs.shape[0] * (inputs.shape[1] - 1))
+        total = total + checkpoint(_chunk_nll, head, hidden[:, s:e], targets[:, s:e], use_reentrant=False).sum()
+    return total / _labelled(targets)
+
+
+def _labelled(targets: torch.Tensor) -> int:
+    """How many targets count (cross_entropy's ignore_index -100 gives the others 0)."""
+    return int((targets != -100).sum())

@@ -7,9 +7,10 @@ the last checkpoint, giving the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,9 +21,10 @@ from ropelab.atomic import digest_problem, write_with_digest
 from ropelab.chunked_loss import chunked_mean_loss
 from ropelab.config import TrainConfig
 from ropelab.errors import RopelabError
-from ropelab.train.data import random_batches
+from ropelab.train.data import Batch, random_batches
 
 CHECKPOINT = "checkpoint.pt"
+BatchSource = Callable[[torch.Generator], Batch]  # one micro-batch from the loop's generator
 
 
 class NonFiniteLossError(RopelabError):
@@ -91,11 +93,34 @@ def _load(path: Path) -> dict | None:
     return None
 
 
+def _batches(blocks: torch.Tensor | None, batch_source: BatchSource | None, batch_size: int,
+             generator: torch.Generator) -> Iterator[Batch]:
+    """Micro-batches from exactly one of ``blocks`` (random rows, plain causal) or ``batch_source``; both draw
+    only from ``generator``, whose state the checkpoint keeps."""
+    if (blocks is None) == (batch_source is None):
+        raise RopelabError("train_causal_lm takes exactly one of blocks or batch_source")
+    if blocks is not None:
+        return (Batch(rows) for rows in random_batches(blocks, batch_size, generator))
+    return (batch_source(generator) for _ in itertools.count())
+
+
+def _position_kwargs(position_ids, step: int, batch: Batch, generator: torch.Generator) -> dict:
+    """The model's keyword arguments: the batch's own, or the caller's custom positions (CLEX) with an
+    explicit all-ones mask, since transformers reads gapped position ids without a mask as packed sequences."""
+    if position_ids is None:
+        return batch.model_kwargs()
+    if batch.position_ids is not None:
+        raise RopelabError("custom position_ids cannot be combined with a batch source that sets positions")
+    return {"position_ids": position_ids(step, batch.input_ids.shape[1], generator).to(batch.input_ids.device),
+            "attention_mask": torch.ones_like(batch.input_ids)}
+
+
 def train_causal_lm(
     model: torch.nn.Module,
-    blocks: torch.Tensor,
+    blocks: torch.Tensor | None,
     cfg: TrainConfig,
     *,
+    batch_source: BatchSource | None = None,
     extra_parameters: Iterable[torch.nn.Parameter] = (),
     position_ids: Callable[[int, int, torch.Generator], torch.Tensor] | None = None,
     describe: Callable[[], str] | None = None,
@@ -103,13 +128,17 @@ def train_causal_lm(
     checkpoint_dir: Path | None = None,
     optimization: Optimization | None = None,
 ) -> list[StepRecord]:
-    """Train ``model`` on random batches of ``blocks`` (n, seq_len) for cfg.steps optimiser steps.
+    """Train ``model`` on random batches of ``blocks`` (n, seq_len), or on the micro-batches
+    ``batch_source(generator)`` returns (``Batch``: labels, positions, 4-D masks; mixed context window training),
+    for cfg.steps optimiser steps. ``batch_source`` must draw only from the generator it is given, so that a
+    resumed run continues with the same batches.
 
     ``position_ids(step, seq_len, generator)`` may supply custom positions per micro-batch (CLEX); they come
     with an explicit all-ones attention mask, since transformers reads gapped position ids without a mask as
     packed sequences and would cut attention at every gap. ``describe()`` adds the caller's state (CLEX: the
     scale t) to a non-finite-loss error. ``optimization`` replaces ropelab's AdamW betas, weight decay and
-    schedule shape (``Optimization.of(cfg)``). The loss is the mean next-token cross-entropy. Returns the history.
+    schedule shape (``Optimization.of(cfg)``). The loss is the mean next-token cross-entropy over the labelled
+    tokens of each micro-batch; ``StepRecord.tokens`` counts real input tokens seen. Returns the history.
     """
     def where(step: int) -> str:
         return f"step {step}" + (f" ({describe()})" if describe is not None else "")
@@ -128,7 +157,8 @@ def train_causal_lm(
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start, history = state["step"], [StepRecord(**h) for h in state["history"]]
-    batches = random_batches(blocks, cfg.batch_size, generator)
+    batches = _batches(blocks, batch_source, cfg.batch_size, generator)
+    tokens = history[-1].tokens if history else 0
     model.train()
     for step in range(start, cfg.steps):
         lr = learning_rate(step, cfg, opt)
@@ -137,11 +167,10 @@ def train_causal_lm(
         loss_sum = 0.0
         for _ in range(cfg.grad_accum):
             batch = next(batches).to(device)
-            kwargs = {}
-            if position_ids is not None:
-                kwargs = {"position_ids": position_ids(step, batch.shape[1], generator).to(device),
-                          "attention_mask": torch.ones_like(batch)}
-            loss = chunked_mean_loss(model, batch, **kwargs)  # never the whole batch's logits at once
+            kwargs = _position_kwargs(position_ids, step, batch, generator)
+            # never the whole batch's logits at once
+            loss = chunked_mean_loss(model, batch.input_ids, labels=batch.labels, **kwargs)
+            tokens += batch.token_count()
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss at {where(step)}; lower the learning rate "
                                          "(the last checkpoint is intact)")
@@ -154,8 +183,7 @@ def train_causal_lm(
                                      "learning rate (the last checkpoint is intact)")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        record = StepRecord(step, loss_sum / cfg.grad_accum, lr, grad_norm,
-                            (step + 1) * cfg.grad_accum * cfg.batch_size * blocks.shape[1])
+        record = StepRecord(step, loss_sum / cfg.grad_accum, lr, grad_norm, tokens)
         history.append(record)
         if on_step is not None:
             on_step(record)
