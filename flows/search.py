@@ -9,7 +9,13 @@ from ropelab.artifacts import DataArtifact, ModelArtifact, SearchArtifact
 from ropelab.config import RunConfig
 from ropelab.flows.base import upstream
 from ropelab.tasks import runner
-from ropelab.tasks.search import planned_generations, search_generation, search_init, search_report, sweep_plan
+from ropelab.tasks.search import (
+    planned_generations,
+    search_generation,
+    search_init,
+    search_report,
+    sweep_plan,
+)
 
 
 @flow(name="search", flow_run_name="search-{cfg.preset}")
@@ -35,7 +41,7 @@ def search_flow(cfg: RunConfig, parent_run_id: str | None = None, model: ModelAr
             best = min(dims, key=lambda cd: (sweep[cd], dims.index(cd)))  # the lowest cd of equal bests
             print("critical-dim sweep (validation fitness): "
                   + ", ".join(f"cd {cd}: {v:.4f}{' ←' if cd == best else ''}" for cd, v in sweep.items()))
-            result = stage.record(stage.call(search_report, model, data, s, runs[best], best, sweep))
+            result = stage.record(stage.call(search_report, model, data, s, runs[best], best, sweep, list(runs.values())))
     print(f"winner: validation PPL {result.validation_ppl['winner']:.4f}, test PPL {result.test_ppl['winner']:.4f}"
           f" ({result.evaluated} candidates evaluated)")
     cost = result.cost

@@ -13,8 +13,8 @@ from ropelab.artifacts import DataArtifact, EvalArtifact, ModelArtifact
 from ropelab.atomic import staged_directory
 from ropelab.config import EvalConfig
 from ropelab.data.corpus import CorpusReader
-from ropelab.eval import zoo
 from ropelab.data.needles import build_needles, min_needle_length
+from ropelab.eval import zoo
 from ropelab.eval.needle import evaluate_needle_grid
 from ropelab.eval.passkey import cells as passkey_cells
 from ropelab.eval.passkey import control_cell, min_prompt_length

@@ -348,10 +348,12 @@ def exact_seed_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfi
 
 @device_task(name="search-report", cache_policy=IDENTITY)
 def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, generations: list[Generation],
-                  critical_dim: int | None = None, sweep: dict[int, float] | None = None) -> SearchArtifact:
+                  critical_dim: int | None = None, sweep: dict[int, float] | None = None,
+                  swept: list[list[Generation]] | None = None) -> SearchArtifact:
     """Winner and seeds re-evaluated on held-out test windows (needle samples under search.fitness needle); λ as
     JSON + CSV; HF export; λ-curve plot. longrope2: ``generations`` are the winning critical dim's, ``sweep`` every
-    critical dim's best validation fitness."""
+    critical dim's best validation fitness, ``swept`` every critical dim's generations (the cost totals are the
+    whole sweep's)."""
     loaded, tokenizer = cached_model(model.path)
     space = space_for(loaded, cfg, critical_dim)
     state = SearchState.from_json(generations[-1].state_path.read_text())
@@ -382,6 +384,10 @@ def search_report(model: ModelArtifact, data: DataArtifact, cfg: SearchConfig, g
     exact = ({} if isinstance(space, V2Space) else  # longrope2's seeds are built on the grid: nothing snapped
              exact_seed_report(model, data, cfg, space, {k: e.candidate for k, e in seeds.items()}, score_test))
     cost = search_cost(generations, cfg, space.target_length)
+    if swept:
+        every = [g for run in swept for g in run]
+        cost |= {k: v for k, v in search_cost(every, cfg, space.target_length).items() if k.endswith("_total")}
+        cost["sweep_evaluated_total"] = float(sum(g.evaluated for g in every))
     sweep = {int(k): float(v) for k, v in (sweep or {}).items()}
     write_text_atomic(out / "report.json", json.dumps({"test_ppl": test_ppl, "validation_ppl": validation,
                                                        "evaluated": len(state.history), "exact_seeds": exact,

@@ -25,7 +25,8 @@ from ropelab.tasks.model import loss_curves
 from ropelab.tasks.progress import progress_bar
 from ropelab.tasks.retries import out_of_memory_is_final, transient_only
 from ropelab.train.data import pack_documents
-from ropelab.train.finetune import finetune
+from ropelab.train.finetune import finetune, mixed_finetune
+from ropelab.train.mixed import pack_short_rows
 
 LOG_EVERY = 1
 
@@ -53,6 +54,22 @@ def lambda_identity(lam: Path | None) -> str:
     return identity.sha256_file(lam)[:16] if lam else ""
 
 
+def mixed_run(loaded, tokenizer, docs, blocks, long: RopeSpec, cfg: FinetuneConfig, on_step, checkpoint_dir: Path):
+    """LongRoPE2's mixed context window training: the corpus cut into pieces of at most L tokens (framed
+    [BOS] piece [EOS]), packed into train.seq_len rows with per-piece positions and attention, mixed with the
+    long blocks at finetune.mixed_long_share of the tokens (both kinds hold seq_len tokens per row)."""
+    if cfg.method != "longrope" or not cfg.only_beyond_original:
+        raise RopelabError("finetune.windows mixed needs finetune.method longrope and only_beyond_original true "
+                           "(short rows train with the original RoPE, long ones with the searched factors)")
+    L = rope_basics(loaded.config).original_max_position_embeddings
+    piece = L - 2  # room for BOS and EOS: every short position stays < L
+    pieces = [doc[i: i + piece] for doc in docs for i in range(0, len(doc), piece)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    short = pack_short_rows(pieces, cfg.train.seq_len, L, tokenizer.bos_token_id, tokenizer.eos_token_id, pad)
+    return mixed_finetune(loaded, short, blocks, long, cfg.train, long_fraction=cfg.mixed_long_share,
+                          on_step=on_step, checkpoint_dir=checkpoint_dir)
+
+
 @device_task(name="finetune", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=transient_only)
 def finetune_model(model: ModelArtifact, data: DataArtifact, cfg: FinetuneConfig, lam: Path | None,
@@ -68,12 +85,16 @@ def finetune_model(model: ModelArtifact, data: DataArtifact, cfg: FinetuneConfig
     (directory / "checkpoint").mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with progress_bar() as bar:
-        job = bar.add_task(f"fine-tuning at {train.seq_len}", total=train.steps, status="")
+        kind = "mixed-window fine-tuning" if cfg.windows == "mixed" else "fine-tuning"
+        job = bar.add_task(f"{kind} at {train.seq_len}", total=train.steps, status="")
         with out_of_memory_is_final("fine-tuning", train.seq_len,
                                     "lower finetune.train.batch_size and raise grad_accum, or shard with FSDP"):
-            history = finetune(loaded, blocks, long, train, only_beyond_original=cfg.only_beyond_original,
-                               on_step=lambda rec: bar.update(job, completed=rec.step + 1, status=f"loss {rec.loss:.3f}"),
-                               checkpoint_dir=directory / "checkpoint")
+            on_step = lambda rec: bar.update(job, completed=rec.step + 1, status=f"loss {rec.loss:.3f}")  # noqa: E731
+            if cfg.windows == "mixed":
+                history = mixed_run(loaded, tokenizer, docs, blocks, long, cfg, on_step, directory / "checkpoint")
+            else:
+                history = finetune(loaded, blocks, long, train, only_beyond_original=cfg.only_beyond_original,
+                                   on_step=on_step, checkpoint_dir=directory / "checkpoint")
     short = base_spec(loaded.config) if cfg.only_beyond_original else None
     report = export_hf(loaded, directory / "model", long, short, tokenizer=tokenizer,
                        provenance={"base_model": str(model.path), "data_version": data.fingerprint})
@@ -82,7 +103,7 @@ def finetune_model(model: ModelArtifact, data: DataArtifact, cfg: FinetuneConfig
         {"seconds": seconds, "final_loss": history[-1].loss, "steps": len(history)}, indent=2))
     shutil.rmtree(directory / "checkpoint", ignore_errors=True)  # done: the exported model replaces it
     metrics = {"finetune/first_loss": history[0].loss, "finetune/final_loss": history[-1].loss,
-               "finetune/seconds": seconds}
+               "finetune/seconds": seconds, "finetune/tokens": float(history[-1].tokens)}
     return ModelArtifact(report.path, identity.model_fingerprint(report.path), data.fingerprint, kind="finetuned",
                          original_length=model.original_length, metrics=metrics,
                          history=loss_curves(history, LOG_EVERY, "finetune")[:2], lossy=tuple(report.lossy),

@@ -57,3 +57,23 @@ def test_partial_nested_override_keeps_the_sections_own_defaults():
     assert cfg.finetune.train.steps == 3
     assert (cfg.finetune.train.seq_len, cfg.finetune.train.batch_size) == (1024, 4)  # finetune's, not TrainConfig's
     assert cfg.pretrain.seq_len == 256
+
+
+def test_a_preset_extends_the_preset_beside_it(tmp_path):
+    from ropelab.tasks.home import resolve_config
+
+    v2 = load_config(resolve_config("tiny-longrope2"))
+    tiny = load_config(resolve_config("tiny"))
+    assert v2.preset == "tiny-longrope2" and v2.pipeline.longrope2 and not v2.pipeline.clex
+    assert v2.model == tiny.model and v2.pretrain == tiny.pretrain and v2.search.scale == tiny.search.scale
+    assert v2.eval.needle_samples == 8 and v2.eval.num_windows == tiny.eval.num_windows
+    (tmp_path / "a.yaml").write_text("extends: b\nsearch:\n  scale: 3.0\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(RopelabError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere\n")
+    with pytest.raises(RopelabError, match="no .*nowhere.yaml"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: ../d\n")
+    with pytest.raises(RopelabError, match="extends must name a preset"):
+        load_config(tmp_path / "d.yaml")

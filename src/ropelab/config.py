@@ -113,6 +113,7 @@ StartTokenSearch = Literal["walk", "trial"]
 AttentionPolicy = Literal["su", "yarn", "none"]
 SearchVariant = Literal["longrope", "longrope2"]
 FitnessKind = Literal["ppl", "needle"]
+FinetuneWindows = Literal["single", "mixed"]
 Split = Literal["test", "validation"]
 PplProtocol = Literal["truncated", "sliding"]
 TimeStep = Annotated[Number, Field(gt=0, le=1)]
@@ -297,6 +298,14 @@ class FinetuneConfig:
     scale: Ratio = doc("extension ratio s of the RoPE setting (baselines; longrope takes the file's factor)", 4.0)
     only_beyond_original: Flag = doc("plain RoPE while the sequence fits in L, the scaled one beyond "
                                      "(the reference training code)", True)
+    windows: FinetuneWindows = doc(
+        "single: every row a train.seq_len block of the corpus; mixed: LongRoPE2's mixed context window training, "
+        "a share of rows packed from pieces of at most L tokens with per-piece positions and block-diagonal "
+        "attention (the original RoPE: every position < L), the rest train.seq_len blocks with the searched "
+        "factors; one attention factor for both (transformers' longrope), so the export is stock with "
+        "short_factor 1.0 (needs method longrope and only_beyond_original)", "single")
+    mixed_long_share: Probability = doc("windows mixed: the share of training tokens in long rows (rows of both kinds "
+                                        "hold train.seq_len tokens)", 0.5)
     train: TrainConfig = doc("optimisation (paper: lr 2e-5, linear decay, global batch 32)",
                              default_factory=lambda: TrainConfig(steps=100, batch_size=4, seq_len=1024, lr=2e-4,
                                                                  warmup_steps=10, checkpoint_every=25))
@@ -339,7 +348,9 @@ class ClexConfig:
                                                                  warmup_steps=10, checkpoint_every=50))
 
 
-PIPELINE_STAGES = ("base", "search1", "finetune1", "finetune2", "search2", "recovery", "clex", "longrope2", "evaluate",
+# --rerun-from order: longrope2 needs only the base model, so it comes right after it (a rerun of a progressive
+# stage never repeats LongRoPE2's search and training)
+PIPELINE_STAGES = ("base", "longrope2", "search1", "finetune1", "finetune2", "search2", "recovery", "clex", "evaluate",
                    "export")
 
 

@@ -91,3 +91,45 @@ def test_shuffling_the_needles_answer_in_the_prompt_raises_needle_ppl():
     shuffled = needle_perplexity(model, needles(count=3, shuffle_answer=True))
     assert honest.ppl < 1.01 < 10 < shuffled.ppl
     assert honest.tokens == shuffled.tokens == 15 and honest.split == "validation"
+
+
+def test_needle_fitness_scores_only_the_answers_and_equals_needle_ppl_with_the_candidate_installed(tiny_llama):
+    """The search's needle fitness (``ModelScorer`` from the answer's first position, several candidates per
+    forward, each row its own RoPE) equals needle PPL of each candidate installed alone."""
+    from ropelab.eval.needle import answer_windows
+    from ropelab.rope.modules import install_rope, uninstall_rope
+    from ropelab.search.fitness import batched_fitness
+    from ropelab.search.v2 import V2Space, ntk_cd_seeds
+
+    model = tiny_llama(max_position_embeddings=64)
+    samples = needles(count=3)
+    ids, answer_start = answer_windows(samples)
+    assert answer_start == 395 and ids.shape == (3, 400)
+    ids = ids % 97  # the tiny model's vocabulary; the answer positions are unchanged
+    small = NeedleSet(samples.split, samples.length, samples.seed, samples.depth, tuple(
+        type(s)(tuple(int(t) for t in row), s.answer_start, s.answer_end, s.needle_at, s.key, s.written)
+        for s, row in zip(samples.samples, ids.tolist(), strict=True)))
+    space = V2Space(head_dim=16, base=10000.0, scale=8.0, original_max_position_embeddings=64, critical_dim=3)
+    candidates = list(ntk_cd_seeds(space).values())[:3]
+    batched = batched_fitness(model, space, ids, tokens_per_batch=800, score_from=answer_start)(candidates)
+    alone = []
+    for c in candidates:
+        install_rope(model, space.spec(c))
+        alone.append(needle_perplexity(model, small).ppl)
+        uninstall_rope(model)
+    assert batched == pytest.approx(alone, rel=1e-5)
+    assert len(set(round(v, 6) for v in batched)) == 3  # the candidates differ: the comparison can fail
+    full = batched_fitness(model, space, ids, tokens_per_batch=800)(candidates[:1])[0]
+    assert full != pytest.approx(batched[0], rel=1e-3)  # scoring every token is another number
+
+
+def test_needle_fitness_refuses_answers_of_different_lengths():
+    from ropelab.eval.needle import answer_windows
+
+    samples = needles(count=2)
+    first = samples.samples[0]
+    uneven = type(samples)(samples.split, samples.length, samples.seed, samples.depth,
+                           (first, type(first)(first.input_ids, first.answer_start - 1, first.answer_end,
+                                               first.needle_at, first.key, first.written)))
+    with pytest.raises(RopelabError, match="one answer length"):
+        answer_windows(uneven)

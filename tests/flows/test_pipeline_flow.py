@@ -59,7 +59,8 @@ def test_every_stage_ran_and_is_recorded(first):
     stages = {r.data.tags["ropelab.stage"] for r in children}
     assert {"data", "base", "search1-2x", "search1-4x", "finetune-128", "finetune-256", "search2-2x", "recovery-1x",
             "clex", "finetune-64", "evaluate-base", "evaluate-finetuned", "evaluate-clex",
-            "evaluate-pi-4x-at-64", "evaluate-pi-4x-at-256"} <= stages
+            "evaluate-pi-4x-at-64", "evaluate-pi-4x-at-256", "longrope2-8x", "finetune-512",
+            "evaluate-longrope2"} <= stages
     assert not any(name.startswith("recovery-") and name != "recovery-1x" for name in stages)
     assert all(r.data.tags["data.version"] == result.data.fingerprint for r in children)
     assert all(r.info.status == "FINISHED" for r in children)
@@ -273,3 +274,20 @@ def test_unknown_rerun_stage_is_a_clear_error():
 
     with pytest.raises(RopelabError, match="stages: base, search1"):
         refresh_from("warmup")
+
+
+def test_longrope2_runs_beside_the_progressive_recipe_on_the_same_budget_and_is_compared(first):
+    result, _ = first
+    v2 = result.longrope2
+    assert v2 is not None and v2.tokens == result.progressive_tokens == 3072
+    assert v2.search.variant == "longrope2" and v2.search.critical_dim in (3, 5)
+    section = result.summary.split("## LongRoPE vs LongRoPE2")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in section.splitlines() if line.startswith("| LongRoPE")}
+    assert set(rows) == {"LongRoPE (progressive)", "LongRoPE2 (longrope2 + mixed windows)"}
+    v1_table = result.reports["finetuned"].table["progressive_recovery"]
+    assert rows["LongRoPE (progressive)"][0] == "3072"
+    assert rows["LongRoPE (progressive)"][2] == f"{v1_table[512]:.3f}"  # PPL at the final length (8L = 512 too)
+    assert rows["LongRoPE2 (longrope2 + mixed windows)"][2] == f"{v2.report.table['native'][512]:.3f}"
+    assert rows["LongRoPE2 (longrope2 + mixed windows)"][3] == f"{v2.report.needle['native'][512]:.3f}"
+    assert "longrope2" in result.combined and "LongRoPE2 search: critical dim" in section

@@ -1,5 +1,6 @@
-"""search.variant longrope2 through the search flow on the smoke preset: the critical-dim sweep, needle fitness,
-every candidate inside LongRoPE2's space, the sweep in MLflow, a stock export, a cache-hit rerun."""
+"""The longrope2 flow on the smoke preset: the critical-dim sweep with needle fitness (every candidate inside
+LongRoPE2's space, the sweep in MLflow, a cache-hit rerun), mixed context window fine-tuning on the progressive
+recipe's token budget, a stock longrope model with short_factor 1.0, its evaluation with needle PPL."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoConfig
 
+from ropelab import recipe
 from ropelab.config import derive, load_config
 from ropelab.errors import RopelabError
 from ropelab.search.critical import ntk_left
@@ -17,13 +19,13 @@ from ropelab.tasks.home import resolve_config
 pytestmark = pytest.mark.slow
 
 DIMS = (3, 5)  # smoke: head_dim 32 (16 pairs), L = 64; d_tcd is pair 5
+SCALE = 8.0  # the smoke pipeline's final length: 64 · 4 · 2 = 512
 
 
 @pytest.fixture(scope="module")
 def v2():
     smoke = load_config(resolve_config("smoke"))
-    return derive(smoke, search={"variant": "longrope2", "start_tokens": "none", "critical_dims": list(DIMS),
-                                 "fitness": "needle", "iterations": 2})
+    return derive(smoke, search={"critical_dims": list(DIMS)}, eval={"needle_samples": 2})
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +36,15 @@ def upstream(v2):
 
 
 @pytest.fixture(scope="module")
-def searched(v2, upstream):
-    from ropelab.flows.search import search_flow
+def outcome(v2, upstream):
+    from ropelab.flows.longrope2 import longrope2_flow
 
-    return search_flow(v2, model=upstream[0], data=upstream[1])
+    return longrope2_flow(v2, model=upstream[0], data=upstream[1])
+
+
+@pytest.fixture(scope="module")
+def searched(outcome):
+    return outcome.search
 
 
 def test_the_sweep_runs_one_search_per_critical_dim_and_keeps_the_best(searched):
@@ -50,7 +57,7 @@ def test_the_sweep_runs_one_search_per_critical_dim_and_keeps_the_best(searched)
 
 
 def test_every_candidate_is_inside_the_longrope2_space(searched):
-    scale, cd = 4.0, searched.critical_dim
+    scale, cd = SCALE, searched.critical_dim
     rows = [json.loads(line) for log in searched.generation_logs for line in log.read_text().splitlines()]
     assert len(rows) == searched.evaluated and searched.evaluated > 8
     for row in rows:
@@ -83,15 +90,38 @@ def test_needle_fitness_is_cached_apart_and_a_rerun_forwards_nothing(v2, searche
     caches = sorted((paths().artifacts / "fitness-cache").glob(f"{upstream[0].fingerprint[:12]}-*-from*.jsonl"))
     assert caches  # the needle fitness (answers only) never shares a file with plain-PPL fitness
     before = [p.read_text() for p in caches]
-    again = search_flow(v2, model=upstream[0], data=upstream[1])
+    again = search_flow(recipe.longrope2_search(v2), model=upstream[0], data=upstream[1])
     assert again.lam == searched.lam and again.sweep == searched.sweep
     assert [p.read_text() for p in caches] == before
 
 
-def test_longrope2_refuses_a_model_that_already_has_longrope_factors(v2, searched, upstream):
-    from ropelab.artifacts import ModelArtifact
+def test_mixed_training_spends_the_progressive_budget_and_exports_stock_longrope(v2, outcome):
+    tuned = recipe.longrope2_finetune(v2, outcome.search.lam).finetune
+    assert tuned.windows == "mixed" and tuned.train.seq_len == 512
+    budget = recipe.progressive_finetune_tokens(v2)  # 2 rows × (4 steps × 128 + 4 steps × 256)
+    assert budget == 3072 and outcome.tokens == tuned.train.steps * 2 * 512 == 3072
+    assert 0 < outcome.model.metrics["finetune/tokens"] <= outcome.tokens  # real tokens: short-row padding excluded
+    config = AutoConfig.from_pretrained(outcome.model.path)
+    rope = config.rope_parameters
+    assert rope["rope_type"] == "longrope" and rope["short_factor"] == [1.0] * 16
+    lam = json.loads(outcome.search.lam.read_text())["rescale_factors"]
+    assert rope["long_factor"] == pytest.approx(lam)
+    assert config.max_position_embeddings == 512 and rope["original_max_position_embeddings"] == 64
+
+
+def test_the_evaluation_scores_ppl_and_needle_ppl_at_every_length(outcome):
+    report = outcome.report
+    assert set(report.table) == {"native"} and set(report.needle) == {"native"}
+    assert sorted(report.table["native"]) == [64, 128, 256, 512, 1024]
+    assert set(report.needle["native"]) <= set(report.table["native"]) and 512 in report.needle["native"]
+    assert all(np.isfinite(v) and v > 1 for v in report.needle["native"].values())
+    assert "Needle PPL" in (report.path / "zoo.md").read_text()
+    needle = json.loads((report.path / "needle.json").read_text())
+    assert needle["native"]["512"] == pytest.approx(report.needle["native"][512])
+
+
+def test_longrope2_refuses_a_model_that_already_has_longrope_factors(v2, outcome, upstream):
     from ropelab.flows.search import search_flow
 
-    extended = ModelArtifact(searched.export, "export-" + searched.fingerprint, searched.data_version)
     with pytest.raises(RopelabError, match="already has them"):
-        search_flow(v2, model=extended, data=upstream[1])
+        search_flow(recipe.longrope2_search(v2), model=outcome.model, data=upstream[1])
