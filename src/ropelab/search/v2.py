@@ -77,6 +77,11 @@ class V2Space:
         return self.dims - self.critical_dim
 
     @property
+    def total_factor(self) -> None:
+        """Always searched on a base model: the stored factor is ``scale`` (``SearchSpace``'s contract)."""
+        return None
+
+    @property
     def target_length(self) -> int:
         return int(round(self.original_max_position_embeddings * self.scale))
 
