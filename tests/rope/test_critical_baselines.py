@@ -86,7 +86,7 @@ def test_yarn_cd_at_yarns_slow_pair_is_plain_yarn(head_dim, base, original, s):
 
 def test_yarn_cd_below_the_fast_pair_is_a_step_at_the_critical_pair():
     factors = lam(yarn_cd(10))  # β_fast's pair is 18 > 10: no room for a ramp
-    assert factors == [1.0] * 10 + pytest.approx([S] * 54, rel=1e-15)
+    assert factors == pytest.approx([1.0] * 10 + [S] * 54, rel=1e-15, abs=0)
 
 
 @pytest.mark.parametrize("make", [ntk_cd, yarn_cd])
