@@ -118,7 +118,7 @@ def test_a_critical_dim_outside_the_pairs_is_one_clear_error(cd):
 @pytest.mark.parametrize("make", [ntk_cd, yarn_cd])
 def test_the_longrope_form_carries_the_exact_factors(make):
     spec = make(33)
-    converted = as_longrope(spec)
+    converted = as_longrope(spec, original_max_position_embeddings=L)
     assert converted.rescale_factors == spec.exact_factors()  # not θ/inv_freq recovered in fp32
     assert converted.compute()[1] == spec.compute()[1]
     torch.testing.assert_close(converted.compute()[0], spec.compute()[0], rtol=0, atol=0)
