@@ -43,6 +43,21 @@ def test_ntk_cd_is_s_from_the_critical_pair_and_the_ntk_left_curve_below():
     assert ntk_cd(33).compute()[1] == 1.0  # no attention factor, as NTK
 
 
+def reference_ntk_init(total_dim: int, cd_dim: int, scale: float) -> list[float]:
+    """A port of the v2 code's seed (J-shang/LongRoPE dev/nishang/omni @ 61de922,
+    evolution/algorithms/genetic_base.py, ``run_genetic_algorithm``)."""
+    ext = scale ** (total_dim / cd_dim)
+    return [ext ** (i / total_dim) for i in range(cd_dim)] + [scale + 0.1 * i for i in range(total_dim - cd_dim)]
+
+
+@pytest.mark.parametrize("cd", [20, 33, 35, 50])
+def test_ntk_cd_is_the_reference_ntk_init_seed_without_its_strict_increase_offsets(cd):
+    reference = reference_ntk_init(D // 2, cd, S)
+    ours = lam(ntk_cd(cd))
+    assert ours[:cd] == pytest.approx(reference[:cd], rel=1e-12, abs=0)
+    assert ours[cd:] == pytest.approx([v - 0.1 * k for k, v in enumerate(reference[cd:])], rel=1e-12, abs=0)
+
+
 def test_ntk_cd_with_the_last_pair_as_critical_is_plain_ntk():
     """Plain NTK reaches s exactly at the last pair (λ_i = s^(2i/(d-2))): nothing is cut."""
     for head_dim, s in ((D, S), (16, 4.0), (64, 32.0)):
