@@ -168,15 +168,15 @@ def _inv_freq_of(rescale_factors: Sequence[float], head_dim: int, base: float) -
 # ---------------------------------------------------------------- LongRoPE2's critical-dimension baselines
 #
 # LongRoPE2 (Shang et al. 2025, arXiv 2502.20082) reports NTK and YaRN with its real critical dimension d_rcd
-# applied (LLaMA3-8B, RULER-128k: YaRN 49.4 -> 71.5, NTK 73.2 -> 77.3). The released search code
-# (microsoft/LongRoPE branch longrope2 at 5e669a5 evolution/algorithms/dim_mono.py; J-shang/LongRoPE
-# dev/nishang/omni at 61de922 evolution/algorithms/genetic_base.py, search.py) holds no function for these two
-# baselines; what it fixes is the shape: pairs from cd on are scaled by at least s (search space
-# [target/orig, length_scale]), pairs below cd follow ``ntk_left`` (λ_i = λ_cd^(i/cd)), and its NTK-cd seeds
-# (``ntk_init``) are exactly that curve anchored at λ_cd = scale. (The dim_mono.py version with critical_dim is
-# microsoft/LongRoPE 5e669a5 in the code index; the fetched snapshot of that repository has no longrope2 branch.) ropelab's two baselines follow it:
-# NTK-cd is the seed without the search's strict-increase offsets; YaRN-cd moves YaRN's β_slow boundary (which
-# IS the theoretical critical pair: correction_dim(1) = (d/2)·log_base(L/2π)) down to cd.
+# applied (LLaMA3-8B, RULER-128k: YaRN 49.4 -> 71.5, NTK 73.2 -> 77.3). Its released search code
+# (microsoft/LongRoPE evolution/algorithms/dim_mono.py @ 5e669a5, the critical-dim version; J-shang/LongRoPE
+# dev/nishang/omni @ 61de922 evolution/algorithms/genetic_base.py and evolution/search.py) has no function for
+# these two baselines. It fixes their shape: pairs from cd on are scaled by at least s (search space
+# [target/orig, length_scale]), pairs below cd follow ``ntk_left`` (λ_i = λ_cd^(i/cd)), and its seeds
+# (``ntk_init``) are that curve anchored at λ_cd = scale, plus 0.1·k above cd to make them strictly increasing.
+# ropelab follows that shape: NTK-cd is the seed without the 0.1·k offsets. YaRN-cd moves YaRN's β_slow
+# boundary down to cd. For β_slow = 1 that boundary is the theoretical critical pair, since
+# correction_dim(1) = (d/2)·log_base(L/2π).
 #
 # Indexing: ``critical_dim`` is a rotary PAIR index (the position in λ / long_factor), the first pair scaled by
 # the full s. The released LLaMA3-8B factors are geometric up to pair 33 (the search script's --critical-dim 33);
