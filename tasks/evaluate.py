@@ -55,8 +55,8 @@ def held_out_windows(reader, tokenizer, cfg: EvalConfig, lengths) -> dict:
 
 def zoo_methods(loaded, model: ModelArtifact, cfg: EvalConfig, basics, lengths, lambda_files, settings) -> dict:
     betas = (cfg.yarn_beta_fast, cfg.yarn_beta_slow)
-    methods = {name: zoo.native(loaded, model.path) if name == "native" else zoo.baseline(name, betas)
-               for name in cfg.methods}
+    methods = {name: zoo.native(loaded, model.path) if name == "native"
+               else zoo.baseline(name, betas, cfg.critical_dim) for name in cfg.methods}
     methods.update(lambda_methods([path for path, _ in lambda_files], basics))
     for name, pair in (settings or {}).items():
         short = RopeSpec.from_dict(pair["short"]) if pair.get("short") else None

@@ -68,8 +68,25 @@ def test_lambda_file_accepts_json_list(capsys, tmp_path):
     assert code == 0 and json.loads(out)["start_tokens"] == 4
 
 
+@pytest.mark.parametrize("method", ["ntk_cd", "yarn_cd"])
+def test_show_critical_dim_baselines_equal_transformers_longrope_of_their_factors(capsys, method):
+    from ropelab.rope import RopeSpec
+
+    code, out, _ = run_cli(capsys, "rope", "show", "--method", method, *SETTING, "--critical-dim", "10", "--json")
+    spec = RopeSpec(method, 64, 10000.0, factor=8.0, original_max_position_embeddings=256, critical_dim=10)
+    lam = list(spec.exact_factors())
+    inv, _ = theirs({"rope_type": "longrope", "factor": 8.0, "original_max_position_embeddings": 256,
+                     "long_factor": lam, "short_factor": lam})
+    got = json.loads(out)
+    assert code == 0 and torch.equal(torch.tensor(got["inv_freq"]), inv)
+    assert got["attention_factor"] == spec.compute()[1]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["rope", "show", "--method", "magic"], "known methods: default, dynamic"),
+    (["rope", "show", "--method", "ntk_cd", "--factor", "4"], "needs critical_dim"),
+    (["rope", "show", "--method", "ntk_cd", "--factor", "4", "--critical-dim", "32"],
+     "critical_dim must be a rotary-pair index in 1..31"),
     (["rope", "show", "--method", "longrope", *SETTING, "--rescale-factors", "/nonexistent/l.txt"], "cannot read"),
     (["rope", "show", "--method", "linear", "--factor", "0.5"], "factor must be >= 1"),
     (["rope", "show", "--method", "yarn", "--factor", "4"], "needs original_max_position_embeddings"),

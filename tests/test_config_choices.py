@@ -46,8 +46,8 @@ EXPECTED = {
     "search.mode": ["extend", "recovery"], "search.bounds": ["paper", "code"], "search.seeds": ["paper", "code"],
     "search.start_tokens": ["none", "paper", "code"], "search.attention_policy": ["su", "yarn", "none"],
     "eval.protocol": ["truncated", "sliding"], "eval.split": ["test", "validation"],
-    "eval.methods": ["none", "pi", "ntk", "dynamic", "yarn", "llama3", "native"],
-    "finetune.method": ["longrope", "none", "pi", "ntk", "dynamic", "yarn", "llama3"],
+    "eval.methods": ["none", "pi", "ntk", "dynamic", "yarn", "llama3", "ntk_cd", "yarn_cd", "native"],
+    "finetune.method": ["longrope", "none", "pi", "ntk", "dynamic", "yarn", "llama3", "ntk_cd", "yarn_cd"],
     "clex.activation": ["tanh", "silu"], "clex.positions": ["random", "uniform", "chunks"],
     "clex.backend": ["rk4", "torchdiffeq"],
 }

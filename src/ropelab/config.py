@@ -82,8 +82,8 @@ ShortAttention = Literal["long", "one"]  # ropelab.rope.modules.SHORT_ATTENTION
 Name = Annotated[str, Field(pattern=SAFE_NAME, max_length=100)]
 DataName = Annotated[Name, AfterValidator(_not_reserved)]
 # the zoo's baselines (ropelab.eval.zoo.BASELINES; tests/test_config_choices.py checks they agree)
-EvalMethod = Literal["none", "pi", "ntk", "dynamic", "yarn", "llama3", "native"]
-FinetuneMethod = Literal["longrope", "none", "pi", "ntk", "dynamic", "yarn", "llama3"]
+EvalMethod = Literal["none", "pi", "ntk", "dynamic", "yarn", "llama3", "ntk_cd", "yarn_cd", "native"]
+FinetuneMethod = Literal["longrope", "none", "pi", "ntk", "dynamic", "yarn", "llama3", "ntk_cd", "yarn_cd"]
 # CLEX's choices: clex/train.py imports POSITION_SCHEMES and clex/ode.py BACKENDS from here; ode's ACTIVATIONS
 # maps these names to modules (tests/test_config_choices.py checks they agree)
 ACTIVATIONS = ("tanh", "silu")
@@ -194,8 +194,9 @@ class EvalConfig:
     split: Split = doc("held-out split for reported numbers: test (default) or validation", "test")
     length_multipliers: tuple[Positive, ...] = doc("evaluation lengths as multiples of the original length L",
                                                    (1, 2, 4, 8, 16))
-    methods: tuple[EvalMethod, ...] = doc("methods to evaluate: none, pi, ntk, dynamic, yarn, llama3, or native (the "
-                                          "model's own RoPE as saved, CLEX for a CLEX export)",
+    methods: tuple[EvalMethod, ...] = doc("methods to evaluate: none, pi, ntk, dynamic, yarn, llama3, ntk_cd, yarn_cd "
+                                          "(LongRoPE2's critical-dimension NTK and YaRN), or native (the model's own "
+                                          "RoPE as saved, CLEX for a CLEX export)",
                                           ("none", "pi", "ntk", "dynamic", "yarn"))
     rescale_factor_files: tuple[str, ...] = doc("λ files (from a search) evaluated next to the baselines", ())
     protocol: PplProtocol = doc("perplexity protocol: truncated (one window per segment) or sliding", "truncated")
@@ -215,6 +216,9 @@ class EvalConfig:
                                        "records only the extended length)", 0)
     yarn_beta_fast: PositiveFloat = doc("YaRN baseline β_fast (reference: 32; 128 for Mistral)", 32.0)
     yarn_beta_slow: PositiveFloat = doc("YaRN baseline β_slow (reference: 1; 2 for Mistral)", 1.0)
+    critical_dim: NonNegative = doc("critical dim of ntk_cd and yarn_cd as a rotary-pair index (the first pair "
+                                    "scaled by the full s; LLaMA3-8B's released factors: 33); 0: the model's "
+                                    "theoretical d_tcd (yarn_cd is then YaRN with β_slow 1)", 0)
 
 
 @dataclass(frozen=True)
@@ -293,7 +297,7 @@ class FinetuneConfig:
     __pydantic_config__ = STRICT
 
     method: FinetuneMethod = doc("RoPE used while fine-tuning: longrope (with rescale_factors_file) or a baseline: "
-                                 "pi, ntk, yarn, llama3", "longrope")
+                                 "pi, ntk, yarn, llama3, ntk_cd, yarn_cd (at the theoretical critical dim)", "longrope")
     rescale_factors_file: str = doc("λ file (e.g. a search's rescale_factors.json) for method longrope", "")
     scale: Ratio = doc("extension ratio s of the RoPE setting (baselines; longrope takes the file's factor)", 4.0)
     only_beyond_original: Flag = doc("plain RoPE while the sequence fits in L, the scaled one beyond "

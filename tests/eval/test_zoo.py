@@ -184,3 +184,45 @@ def test_the_evaluation_takes_the_yarn_betas_from_its_config():
     cfg = EvalConfig(methods=("yarn",), yarn_beta_fast=128.0, yarn_beta_slow=2.0)
     long, _ = zoo_methods(None, None, cfg, basics, (2048,), (), None)["yarn"](2048, basics)
     assert (long.beta_fast, long.beta_slow) == (128.0, 2.0)
+
+
+def test_the_critical_dimension_baselines_on_a_tiny_model(setup):
+    """NTK-cd and YaRN-cd in the zoo: the critical pair is d_tcd unless given (tiny model: d = 16, θ = 10^4,
+    L = 32: pair ⌈8·log_θ(32/2π)⌉ = 2, YaRN's β_slow pair, so yarn_cd is YaRN there), one for all lengths."""
+    model, basics, windows = setup
+    assert zoo.default_critical_pair(basics) == 2
+    methods = {"none": zoo.baseline("none"), "ntk": zoo.baseline("ntk"), "yarn": zoo.baseline("yarn"),
+               "ntk_cd": zoo.baseline("ntk_cd"), "yarn_cd": zoo.baseline("yarn_cd"),
+               "ntk_cd@1": zoo.baseline("ntk_cd", critical_dim=1), "yarn_cd@5": zoo.baseline("yarn_cd", critical_dim=5)}
+    installed = {}
+
+    def record(cell):
+        installed[cell.method, cell.result.length] = model.model.rotary_emb.long
+
+    table = zoo.ppl_table(zoo.evaluate_ppl_grid(model, basics, methods, windows, on_cell=record))
+    assert all(table[m][L] == pytest.approx(table["none"][L], rel=1e-6) for m in methods)  # s = 1 at L
+    spec = installed["ntk_cd", 4 * L]
+    assert (spec.method, spec.factor, spec.critical_dim) == ("ntk_cd", 4.0, 2)
+    assert spec.exact_factors() == (1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0)  # s^(i/2) below pair 2, s from it
+    assert installed["ntk_cd@1", 2 * L].critical_dim == 1 and installed["yarn_cd@5", 2 * L].critical_dim == 5
+    for n in (2 * L, 4 * L):
+        assert table["yarn_cd"][n] == pytest.approx(table["yarn"][n], rel=1e-5)
+        assert len({round(table[m][n], 6) for m in ("ntk", "ntk_cd", "ntk_cd@1", "yarn", "yarn_cd@5")}) == 5
+
+
+def test_the_evaluation_takes_the_critical_dim_from_its_config():
+    from ropelab.config import EvalConfig
+    from ropelab.rope.adapter import RopeBasics
+    from ropelab.tasks.evaluate import zoo_methods
+
+    basics = RopeBasics(head_dim=64, base=10000.0, original_max_position_embeddings=256)
+    cfg = EvalConfig(methods=("ntk_cd", "yarn_cd"), critical_dim=7, yarn_beta_fast=128.0, yarn_beta_slow=2.0)
+    made = zoo_methods(None, None, cfg, basics, (2048,), (), None)
+    ntk_cd, _ = made["ntk_cd"](2048, basics)
+    yarn_cd, _ = made["yarn_cd"](2048, basics)
+    assert ntk_cd.critical_dim == yarn_cd.critical_dim == 7
+    assert (yarn_cd.beta_fast, yarn_cd.beta_slow) == (128.0, None)  # its slow end is the critical pair
+    default, _ = zoo.baseline("yarn_cd")(2048, basics)
+    assert default.critical_dim == 13  # d_tcd: ⌈32·log_10000(256/2π)⌉ = ⌈12.88⌉
+    with pytest.raises(RopelabError, match="critical_dim must be a rotary-pair index in 1..31"):
+        zoo.baseline("ntk_cd", critical_dim=32)(2048, basics)

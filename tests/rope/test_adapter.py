@@ -58,6 +58,9 @@ EXAMPLES = {
                        low_freq_factor=2.0, high_freq_factor=8.0),
     "longrope": RopeSpec("longrope", HEAD_DIM, BASE, factor=8.0, original_max_position_embeddings=L,
                          rescale_factors=LONG, attention_policy="yarn"),
+    "ntk_cd": RopeSpec("ntk_cd", HEAD_DIM, BASE, factor=8.0, critical_dim=3),
+    "yarn_cd": RopeSpec("yarn_cd", HEAD_DIM, BASE, factor=8.0, original_max_position_embeddings=L, critical_dim=3,
+                        beta_fast=16.0),
 }
 
 
@@ -119,7 +122,8 @@ def round_trip(spec: RopeSpec) -> tuple[RopeSpec, RopeSpec | None]:
 def test_every_registry_method_survives_the_stock_round_trip(method):
     spec = EXAMPLES[method]
     long, short = round_trip(spec)
-    expected = spec.method if spec.info.stock_types else registry_module.PLAIN  # NTK is written as a new base
+    # NTK is written as a new base, a method defined by its λ (NTK-cd, YaRN-cd) as longrope factor sets
+    expected = spec.method if spec.info.stock_types else "longrope" if spec.info.factors else registry_module.PLAIN
     assert long.method == expected
     for seq_len in (L // 2, L, 3 * L):  # dynamic's inv_freq depends on the length
         for back in (long, short) if short is not None else (long,):

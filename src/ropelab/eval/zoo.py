@@ -2,7 +2,8 @@
 
 Baselines are set for each evaluation length n with the scale s = max(1, n / L) (each method configured to
 extend to that length); dynamic NTK is one setting for all lengths (factor 1: s_eff = l / L); a λ set from a
-search is fixed. Every number carries method, length, protocol (with its stride and BOS placement) and window
+search is fixed. NTK-cd and YaRN-cd (LongRoPE2's critical-dimension baselines) take one critical pair for all
+lengths: eval.critical_dim, or the model's theoretical d_tcd. Every number carries method, length, protocol (with its stride and BOS placement) and window
 count; every passkey cell its trials, a Wilson interval, and the positive control beside it.
 """
 
@@ -30,6 +31,7 @@ from ropelab.eval.perplexity import PerplexityResult, SlidingSet, perplexity, sl
 from ropelab.rope.adapter import RopeBasics, specs_from_config
 from ropelab.rope.modules import install_rope, install_rotary, rotary_for, uninstall_rope
 from ropelab.rope.registry import RopeSpec
+from ropelab.search.critical import theoretical_critical_pair
 
 SpecPair = tuple[RopeSpec, RopeSpec | None]  # (long, short)
 Setting = SpecPair | torch.nn.Module  # specs for the registry, or a whole rotary module (CLEX)
@@ -39,6 +41,14 @@ def _scale(length: int, basics: RopeBasics) -> float:
     return max(1.0, length / basics.original_max_position_embeddings)
 
 
+def default_critical_pair(basics: RopeBasics) -> int:
+    """The ntk_cd / yarn_cd default: LongRoPE2's theoretical critical dim d_tcd as a rotary-pair index (the first
+    pair whose period exceeds L; YaRN's β_slow = 1 pair, so yarn_cd there is YaRN), at least 1. The real d_rcd,
+    lower, comes from a search's sweep or eval.critical_dim."""
+    pair = theoretical_critical_pair(basics.head_dim, basics.base, basics.original_max_position_embeddings)
+    return max(1, pair)  # cd = 0 leaves no curve to anchor (a model with L < 2π positions)
+
+
 BASELINES: dict[str, Callable[[int, RopeBasics], RopeSpec]] = {
     "none": lambda n, b: RopeSpec("default", b.head_dim, b.base),
     "pi": lambda n, b: RopeSpec("linear", b.head_dim, b.base, factor=_scale(n, b)),
@@ -46,20 +56,35 @@ BASELINES: dict[str, Callable[[int, RopeBasics], RopeSpec]] = {
     "dynamic": lambda n, b: RopeSpec("dynamic", b.head_dim, b.base, factor=1.0,
                                      original_max_position_embeddings=b.original_max_position_embeddings),
     "yarn": lambda n, b: RopeSpec("yarn", b.head_dim, b.base, factor=_scale(n, b),
-                                  original_max_position_embeddings=b.original_max_position_embeddings),
+                                  original_max_position_embeddings=b.original_max_position_embeddings,
+                                  beta_fast=32.0, beta_slow=1.0),
     "llama3": lambda n, b: RopeSpec("llama3", b.head_dim, b.base, factor=_scale(n, b),
                                     original_max_position_embeddings=b.original_max_position_embeddings),
+    # LongRoPE2's critical-dimension baselines (ropelab.rope.methods): exported as stock longrope factor sets
+    "ntk_cd": lambda n, b: RopeSpec("ntk_cd", b.head_dim, b.base, factor=_scale(n, b),
+                                    critical_dim=default_critical_pair(b)),
+    "yarn_cd": lambda n, b: RopeSpec("yarn_cd", b.head_dim, b.base, factor=_scale(n, b),
+                                     original_max_position_embeddings=b.original_max_position_embeddings,
+                                     beta_fast=32.0, critical_dim=default_critical_pair(b)),
 }
 
 
-def baseline(name: str, yarn_betas: tuple[float, float] = (32.0, 1.0)) -> Callable[[int, RopeBasics], SpecPair]:
-    """``yarn_betas``: YaRN's (β_fast, β_slow), eval.yarn_beta_fast/slow (LongRoPE's search.py: 128/2 for Mistral)."""
+def _with_knobs(spec: RopeSpec, yarn_betas: tuple[float, float], critical_dim: int) -> RopeSpec:
+    """The evaluation's knobs on the specs whose method reads them: YaRN's betas, the critical pair (0 keeps
+    the default d_tcd). A spec without the field keeps it unset (a method rejects numbers it does not read:
+yarn_cd has no β_slow, its slow end is the critical pair)."""
+    knobs = {"beta_fast": yarn_betas[0], "beta_slow": yarn_betas[1], "critical_dim": critical_dim or None}
+    return spec.replace(**{k: v for k, v in knobs.items() if v is not None and getattr(spec, k) is not None})
+
+
+def baseline(name: str, yarn_betas: tuple[float, float] = (32.0, 1.0),
+             critical_dim: int = 0) -> Callable[[int, RopeBasics], SpecPair]:
+    """``yarn_betas``: YaRN's (β_fast, β_slow), eval.yarn_beta_fast/slow (LongRoPE's search.py: 128/2 for Mistral);
+    yarn_cd takes β_fast. ``critical_dim``: the ntk_cd / yarn_cd critical pair, eval.critical_dim (0: d_tcd)."""
     if name not in BASELINES:
         raise RopelabError(f"unknown zoo method {name!r}; baselines: {', '.join(BASELINES)}, or native (the "
                            "model's own RoPE); λ sets come as files")
-    if name == "yarn":
-        return lambda n, b: (BASELINES[name](n, b).replace(beta_fast=yarn_betas[0], beta_slow=yarn_betas[1]), None)
-    return lambda n, b: (BASELINES[name](n, b), None)
+    return lambda n, b: (_with_knobs(BASELINES[name](n, b), yarn_betas, critical_dim), None)
 
 
 def fixed(long: RopeSpec, short: RopeSpec | None = None) -> Callable[[int, RopeBasics], SpecPair]:

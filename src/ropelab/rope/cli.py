@@ -39,6 +39,8 @@ def add_commands(subparsers) -> None:
     show.add_argument("--rescale-factors", type=Path, help="λ file: one value per line or a JSON list")
     show.add_argument("--start-tokens", type=int, default=0, help="n̂ for longrope (kept un-interpolated)")
     show.add_argument("--attention-policy", choices=["su", "yarn", "none"], help="longrope attention factor")
+    show.add_argument("--critical-dim", type=int, help="ntk_cd / yarn_cd: LongRoPE2's critical dim, a rotary-pair "
+                                                       "index (the first pair scaled by the full s)")
     show.set_defaults(run=cmd_show)
     compare = rope.add_parser("compare", help="the zoo's per-dimension effective scale, as a table and a plot")
     _add_setting_flags(compare)
@@ -60,6 +62,8 @@ def spec_from_args(args) -> RopeSpec:
         numbers["rescale_factors"] = read_rescale_factors(args.rescale_factors)
     if args.attention_policy is not None:
         numbers["attention_policy"] = args.attention_policy
+    if args.critical_dim is not None:
+        numbers["critical_dim"] = args.critical_dim
     return RopeSpec(args.method, args.head_dim, args.base, start_tokens=args.start_tokens, **numbers)
 
 

@@ -153,8 +153,93 @@ def longrope(
     `factor` is the extension ratio s = L'/L, used only for the attention factor. The n̂ un-interpolated start
     tokens are applied when cos/sin are built (see ``rotary.rotary_cos_sin``), not here.
     """
-    lam = torch.tensor([float(v) for v in rescale_factors], dtype=torch.float32)
-    inv_freq = 1.0 / (lam * base ** _exponents(head_dim))
+    inv_freq = _inv_freq_of(rescale_factors, head_dim, base)
     if attention_factor is None:
         attention_factor = longrope_attention_factor(attention_policy, factor, original_max_position_embeddings)
     return inv_freq, float(attention_factor)
+
+
+def _inv_freq_of(rescale_factors: Sequence[float], head_dim: int, base: float) -> torch.Tensor:
+    """θ_i / λ_i with transformers' longrope arithmetic (fp32 λ times fp32 base powers), shape (d/2,)."""
+    lam = torch.tensor([float(v) for v in rescale_factors], dtype=torch.float32)
+    return 1.0 / (lam * base ** _exponents(head_dim))
+
+
+# ---------------------------------------------------------------- LongRoPE2's critical-dimension baselines
+#
+# LongRoPE2 (Shang et al. 2025, arXiv 2502.20082) reports NTK and YaRN with its real critical dimension d_rcd
+# applied (LLaMA3-8B, RULER-128k: YaRN 49.4 -> 71.5, NTK 73.2 -> 77.3). Its released search code
+# (microsoft/LongRoPE evolution/algorithms/dim_mono.py @ 5e669a5, the critical-dim version; J-shang/LongRoPE
+# dev/nishang/omni @ 61de922 evolution/algorithms/genetic_base.py and evolution/search.py) has no function for
+# these two baselines. It fixes their shape: pairs from cd on are scaled by at least s (search space
+# [target/orig, length_scale]), pairs below cd follow ``ntk_left`` (λ_i = λ_cd^(i/cd)), and its seeds
+# (``ntk_init``) are that curve anchored at λ_cd = scale, plus 0.1·k above cd to make them strictly increasing.
+# ropelab follows that shape: NTK-cd is the seed without the 0.1·k offsets. YaRN-cd moves YaRN's β_slow
+# boundary down to cd. For β_slow = 1 that boundary is the theoretical critical pair, since
+# correction_dim(1) = (d/2)·log_base(L/2π).
+#
+# Indexing: ``critical_dim`` is a rotary PAIR index (the position in λ / long_factor), the first pair scaled by
+# the full s. The released LLaMA3-8B factors are geometric up to pair 33 (the search script's --critical-dim 33);
+# the paper's d_rcd = 30 for that model is not an index of that vector (see ropelab.search.critical).
+
+
+def check_critical_pair(head_dim: int, critical_dim) -> int:
+    """The critical pair as an int in 1..d/2-1 (cd = 0 leaves no curve to anchor), or one clear error."""
+    pairs = head_dim // 2
+    if isinstance(critical_dim, bool) or not isinstance(critical_dim, int) or not 0 < critical_dim < pairs:
+        raise RopelabError(f"critical_dim must be a rotary-pair index in 1..{pairs - 1} (head_dim {head_dim}), "
+                           f"got {critical_dim!r}")
+    return critical_dim
+
+
+def ntk_cd_factors(*, head_dim: int, factor: float, critical_dim: int) -> tuple[float, ...]:
+    """NTK-cd λ: s^(i/cd) below the critical pair, s from it on (λ_cd = s: the search space's lower bound).
+
+    Below cd this is NTK with base·s^(d/(2·cd)) (plain NTK is base·s^(d/(d-2)), i.e. cd = d/2-1: NTK-cd with the
+    last pair as cd IS plain NTK). Shape (d/2,), non-decreasing, within [1, s].
+    """
+    cd = check_critical_pair(head_dim, critical_dim)
+    return tuple(float(factor) ** (min(i, cd) / cd) for i in range(head_dim // 2))
+
+
+def ntk_cd(*, head_dim: int, base: float, factor: float, critical_dim: int) -> tuple[torch.Tensor, float]:
+    """NTK-cd as (inv_freq, attention_factor): θ/λ of ``ntk_cd_factors``; no attention factor, as NTK."""
+    lam = ntk_cd_factors(head_dim=head_dim, factor=factor, critical_dim=critical_dim)
+    return _inv_freq_of(lam, head_dim, base), 1.0
+
+
+def yarn_cd_ramp(head_dim: int, low: int, critical_dim: int) -> list[float]:
+    """r_i: 0 up to YaRN's β_fast pair ``low``, linear in the pair index, 1 from the critical pair on. A critical
+    pair at or below ``low`` makes it a step at cd (YaRN's own ramp would leave pair cd un-interpolated there)."""
+    cd = check_critical_pair(head_dim, critical_dim)
+    if low >= cd:
+        return [float(i >= cd) for i in range(head_dim // 2)]
+    return [min(1.0, max(0.0, (i - low) / (cd - low))) for i in range(head_dim // 2)]
+
+
+def yarn_cd_factors(
+    *, head_dim: int, base: float, factor: float, original_max_position_embeddings: int, critical_dim: int,
+    beta_fast: float = 32.0,
+) -> tuple[float, ...]:
+    """YaRN-cd λ: YaRN with its ramp ending at the critical pair instead of at β_slow's pair (d_tcd for β_slow =
+    1), in YaRN's inverse-frequency blend: θ_i/λ_i = (θ_i/s)·r_i + θ_i·(1-r_i), so λ_i = 1 / (r_i/s + 1 - r_i).
+
+    The ramp starts at YaRN's β_fast pair, floor(d·ln(L/(β_fast·2π)) / (2·ln base)) clamped at 0 (transformers'
+    truncated correction range). Shape (d/2,), non-decreasing, within [1, s], equal to s from cd on.
+    """
+    # only YaRN's β_fast end is kept: the slow end (β_slow's pair) is what cd replaces
+    low, _ = yarn_correction_range(head_dim, base, original_max_position_embeddings, beta_fast, beta_fast)
+    ramp = yarn_cd_ramp(head_dim, int(low), critical_dim)
+    return tuple(1.0 / (r / factor + (1.0 - r)) for r in ramp)
+
+
+def yarn_cd(
+    *, head_dim: int, base: float, factor: float, original_max_position_embeddings: int, critical_dim: int,
+    beta_fast: float = 32.0, attention_factor: float | None = None,
+) -> tuple[torch.Tensor, float]:
+    """YaRN-cd as (inv_freq, attention_factor): θ/λ of ``yarn_cd_factors``, YaRN's 0.1·ln(s) + 1 unless given."""
+    lam = yarn_cd_factors(head_dim=head_dim, base=base, factor=factor, critical_dim=critical_dim,
+                          original_max_position_embeddings=original_max_position_embeddings, beta_fast=beta_fast)
+    if attention_factor is None:
+        attention_factor = yarn_attention_factor(factor)
+    return _inv_freq_of(lam, head_dim, base), float(attention_factor)

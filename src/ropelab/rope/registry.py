@@ -68,6 +68,9 @@ class RopeMethod:
     # the rope_parameters keys from_stock reads beyond those of every type (the adapter's SHARED_STOCK_KEYS):
     # a config key outside both is not understood, and reading it is an error rather than a silent drop
     stock_keys: frozenset[str] = frozenset()
+    # a method defined by its λ (θ/λ): the exact vector, so its longrope factor sets carry λ unrounded
+    # (as_longrope would otherwise recover it as θ/inv_freq in fp32)
+    factors: Callable[..., tuple[float, ...]] | None = None
 
 
 PLAIN = "default"  # the unscaled method, and the stock rope_type of a config that names none
@@ -176,11 +179,17 @@ REGISTRY: dict[str, RopeMethod] = {
         RopeMethod("longrope", methods.longrope, "LongRoPE: searched per-dimension λ, θ/λ",
                    stock_types=("longrope",), from_stock=_longrope_from_stock,
                    stock_keys=frozenset({"factor", "attention_factor", "long_factor", "short_factor"})),
+        # LongRoPE2's critical-dimension baselines: no stock type of their own, exported as longrope factor sets
+        RopeMethod("ntk_cd", methods.ntk_cd, "NTK-cd (LongRoPE2): NTK curve s^(i/cd) below the critical pair, s from it",
+                   factors=methods.ntk_cd_factors),
+        RopeMethod("yarn_cd", methods.yarn_cd, "YaRN-cd (LongRoPE2): YaRN's ramp ending at the critical pair",
+                   factors=methods.yarn_cd_factors),
     )
 }
 # Facts about the model rather than knobs of a method: any spec may carry them, methods use them or not.
 MODEL_FACTS = {"original_max_position_embeddings"}
-ALIASES = {"none": "default", "pi": "linear", "dynamic_ntk": "dynamic", "dynamic-ntk": "dynamic"}
+ALIASES = {"none": "default", "pi": "linear", "dynamic_ntk": "dynamic", "dynamic-ntk": "dynamic", "ntk-cd": "ntk_cd",
+           "yarn-cd": "yarn_cd"}
 
 
 def known_methods() -> list[str]:
@@ -202,7 +211,8 @@ class RopeSpec:
     rotates: the attention head width, or its first ``partial_rotary_factor`` part for partial-rotary models
     (transformers' ``dim = int(head_dim · partial_rotary_factor)``). ``rescale_factors`` is LongRoPE's λ, one
     per rotary pair (length head_dim/2); ``start_tokens`` is n̂, the count of initial positions that keep the
-    original cos/sin. ``truncate`` is YaRN's (None: transformers' default, true).
+    original cos/sin. ``truncate`` is YaRN's (None: transformers' default, true). ``critical_dim`` is LongRoPE2's
+    critical dimension as a rotary-pair index (the first pair scaled by the full s), for ntk_cd and yarn_cd.
     """
 
     method: str
@@ -220,6 +230,7 @@ class RopeSpec:
     attention_policy: str | None = None
     attention_factor: float | None = None
     truncate: bool | None = None
+    critical_dim: int | None = None
     start_tokens: int = 0
     extra: dict = field(default_factory=dict, compare=False, hash=False)  # free-form provenance, never used in math
 
@@ -241,7 +252,14 @@ class RopeSpec:
 
     def compute(self, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
         """(inv_freq (d/2,), attention_factor) for this setting at the current sequence length."""
-        fn = self.info.compute
+        return self._call(self.info.compute, seq_len)
+
+    def exact_factors(self) -> tuple[float, ...] | None:
+        """λ exactly, for a method defined by its λ (``RopeMethod.factors``); None for the others."""
+        return None if self.info.factors is None else self._call(self.info.factors)
+
+    def _call(self, fn: Callable, seq_len: int | None = None):
+        """``fn`` with exactly the numbers it accepts (and the current length, if it takes one)."""
         accepted = set(inspect.signature(fn).parameters)
         kwargs = {k: v for k, v in self.numbers().items() if k in accepted}
         if "seq_len" in accepted:
@@ -283,6 +301,8 @@ def _validate(spec: RopeSpec) -> None:
         raise RopelabError(f"factor must be >= 1 for {spec.method} (it is the extension ratio), got {spec.factor}")
     if spec.truncate is not None and not isinstance(spec.truncate, bool):
         raise RopelabError(f"truncate must be true or false, got {spec.truncate!r}")
+    if spec.critical_dim is not None:
+        methods.check_critical_pair(spec.head_dim, spec.critical_dim)
     if not isinstance(spec.start_tokens, int) or spec.start_tokens < 0:
         raise RopelabError(f"start_tokens (n̂) must be a non-negative integer, got {spec.start_tokens}")
     _validate_rescale_factors(spec)
@@ -338,11 +358,12 @@ def as_longrope(
     if original is None:
         raise RopelabError(f"converting {spec.method!r} to longrope needs original_max_position_embeddings")
     inv_freq, attention = spec.compute(seq_len)
-    # clamp: rounding can put a kept dimension at 0.9999999
-    lam = (methods.rope_frequencies(spec.head_dim, spec.base) / inv_freq).clamp_min(1.0)
+    lam = spec.exact_factors()
+    if lam is None:  # clamp: rounding can put a kept dimension at 0.9999999
+        lam = (methods.rope_frequencies(spec.head_dim, spec.base) / inv_freq).clamp_min(1.0).tolist()
     return RopeSpec(
         "longrope", spec.head_dim, spec.base, factor=factor or spec.factor or 1.0,
-        original_max_position_embeddings=original, rescale_factors=tuple(lam.tolist()),
+        original_max_position_embeddings=original, rescale_factors=tuple(lam),
         attention_factor=attention, start_tokens=spec.start_tokens,
     )
 
