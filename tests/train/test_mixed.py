@@ -226,6 +226,10 @@ def test_mixed_training_in_the_shared_loop_resumes_exactly(tiny_llama, tmp_path)
 def test_the_loop_takes_exactly_one_batch_source(tiny_llama):
     with pytest.raises(RopelabError, match="exactly one of blocks or batch_source"):
         train_causal_lm(tiny_llama(), None, CFG)
+    only_short = MixedBatches(short_rows(), long_blocks(), 0.0, 2, 2)
+    with pytest.raises(RopelabError, match="custom position_ids cannot be combined"):
+        train_causal_lm(tiny_llama(), None, CFG, batch_source=only_short,
+                        position_ids=lambda step, n, g: torch.arange(n)[None])
 
 
 def test_each_half_must_land_on_its_side_of_the_switch(tiny_llama):
