@@ -106,6 +106,19 @@ def test_labels_never_cross_documents_and_positions_restart():
     assert rows.max_position < L and (pos[doc == PADDING] == 0).all()
 
 
+def test_positions_restart_per_document_so_long_rows_stay_on_the_original_rope(tiny_llama):
+    """Rows longer than L (the reference packs short documents into rows as long as the long segments) still
+    take the short path: each document counts its positions from 0."""
+    rows = short_rows(row_len=3 * L)
+    for row in range(rows.input_ids.shape[0]):
+        for index in rows.doc_ids[row].unique().tolist():
+            if index != PADDING:
+                positions = rows.position_ids[row][rows.doc_ids[row] == index]
+                assert positions.tolist() == list(range(len(positions)))
+    module = install_for_mixed(tiny_llama(max_position_embeddings=L), longrope(LONG))
+    assert rows.max_position < L and module.select(rows.max_position + 1).method == "default"
+
+
 def test_documents_are_cut_to_the_original_context_and_never_split_over_rows():
     rows = pack_short_rows([[5] * 10, [6] * 100, [7] * 3], 64, 64, BOS, EOS, PAD)
     assert rows.input_ids.shape == (3, 64)  # 12 tokens; 64 (cut, no EOS) opens row 2; 5 tokens open row 3
@@ -170,7 +183,7 @@ class Recording:
         return batch
 
 
-CFG = TrainConfig(steps=8, batch_size=2, lr=5e-3, warmup_steps=1, seq_len=2 * L, checkpoint_every=2, seed=3)
+CFG = TrainConfig(steps=8, batch_size=2, lr=5e-3, warmup_steps=1, seq_len=2 * L, checkpoint_every=2, seed=1)
 
 
 def test_mixed_training_in_the_shared_loop_resumes_exactly(tiny_llama, tmp_path):
@@ -184,6 +197,16 @@ def test_mixed_training_in_the_shared_loop_resumes_exactly(tiny_llama, tmp_path)
 
     initial = tiny_llama(max_position_embeddings=L).state_dict()
     straight, straight_history, kinds = run()
+    # the first record is the loss of the first micro-batch drawn from the seeded generator (labels, positions
+    # and mask reach the model), and counts its real tokens
+    first = MixedBatches(short_rows(), long_blocks(), 0.5, 2, 4)(torch.Generator().manual_seed(CFG.seed))
+    assert first.labels is not None and first.token_count() < first.input_ids.numel()  # short, with padding
+    fresh = tiny_llama(max_position_embeddings=L)
+    install_for_mixed(fresh, longrope(LONG))
+    with torch.no_grad():
+        expected = chunked_mean_loss(fresh, first.input_ids, labels=first.labels, **first.model_kwargs())
+    assert straight_history[0].loss == pytest.approx(float(expected), rel=1e-5)
+    assert straight_history[0].tokens == first.token_count()
     assert {"long", "short"} <= set(kinds)
     assert any(not torch.equal(a, b) for a, b in zip(initial.values(), straight.state_dict().values(), strict=True))
 
@@ -203,6 +226,10 @@ def test_mixed_training_in_the_shared_loop_resumes_exactly(tiny_llama, tmp_path)
 def test_the_loop_takes_exactly_one_batch_source(tiny_llama):
     with pytest.raises(RopelabError, match="exactly one of blocks or batch_source"):
         train_causal_lm(tiny_llama(), None, CFG)
+    only_short = MixedBatches(short_rows(), long_blocks(), 0.0, 2, 2)
+    with pytest.raises(RopelabError, match="custom position_ids cannot be combined"):
+        train_causal_lm(tiny_llama(), None, CFG, batch_source=only_short,
+                        position_ids=lambda step, n, g: torch.arange(n)[None])
 
 
 def test_each_half_must_land_on_its_side_of_the_switch(tiny_llama):
