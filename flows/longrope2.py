@@ -4,7 +4,9 @@ base → one longrope2 search at the final length (critical-dim sweep, needle-dr
 context window fine-tuning at that length with the searched factors (short documents packed at L with the
 original RoPE, long rows with the searched one; the same attention factor for both, transformers' longrope rule,
 so the fine-tuned model is itself the stock export with short_factor = 1.0) → evaluation at every length (PPL,
-needle PPL, passkey). The pipeline runs it beside the progressive recipe when pipeline.longrope2 is true.
+needle PPL, passkey); and, on the base model, NTK-cd and YaRN-cd at the searched critical dim beside NTK, YaRN and
+the searched factors without fine-tuning. The pipeline runs it beside the progressive recipe when
+pipeline.longrope2 is true.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ def longrope2_stage(cfg: RunConfig, parent_run_id: str | None, base: ModelArtifa
     model = finetune_flow(tuned, parent_run_id, base, data, refresh)
     report = evaluate_stage("evaluate-longrope2", recipe.longrope2_eval(cfg), parent_run_id, model, data, refresh,
                             title="longrope2")
+    baselines = evaluate_stage("evaluate-critical-dim-baselines",
+                               recipe.critical_dim_baselines_eval(cfg, search.lam, search.critical_dim), parent_run_id,
+                               base, data, refresh, title=f"base, critical dim {search.critical_dim}")
     t = tuned.finetune.train
-    return Longrope2Outcome(search, model, report, t.steps * t.batch_size * t.grad_accum * t.seq_len)
+    return Longrope2Outcome(search, model, report, t.steps * t.batch_size * t.grad_accum * t.seq_len, baselines)
 
 
 @flow(name="longrope2", flow_run_name="longrope2-{cfg.preset}")

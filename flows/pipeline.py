@@ -61,7 +61,7 @@ def pipeline_flow(cfg: RunConfig, rerun_from: str | None = None) -> PipelineOutc
         clex = clex_stage(cfg, run, base, data, refresh("clex")) if p.clex else None
         v2 = longrope2_stage(cfg, run, base, data, refresh("longrope2")) if p.longrope2 else None
         reports = evaluate_stages(cfg, run, base, data, stage1, ft2, long, choice.short, clex, refresh("evaluate"))
-        reports |= {"longrope2": v2.report} if v2 is not None else {}
+        reports |= {"longrope2": v2.report, "base-cd": v2.baselines} if v2 is not None else {}
         export = parent.record(export_stage(cfg, parent, ft2, data, long, choice.short, refresh("export")))
         outcome = PipelineOutcome(data, base, stage1, (ft1, ft2), stage2, recovery, choice, clex, reports,
                                   combined_table(reports), export, None, run_id=run, longrope2=v2,

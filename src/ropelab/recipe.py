@@ -95,3 +95,11 @@ def longrope2_eval(cfg: RunConfig) -> RunConfig:
     """The longrope2 model's own (stock) RoPE at the lengths the fine-tuned progressive model is evaluated at."""
     multipliers = sorted({*cfg.eval.length_multipliers, final_multiplier(cfg.pipeline)})
     return derive(cfg, eval={"methods": ["native"], "rescale_factor_files": [], "length_multipliers": multipliers})
+
+
+def critical_dim_baselines_eval(cfg: RunConfig, lam: Path, critical_dim: int) -> RunConfig:
+    """On the base model: NTK and YaRN beside NTK-cd and YaRN-cd at the longrope2 search's critical dim, and the
+    searched factors without fine-tuning, up to the final length (LongRoPE2's cheap critical-dim baselines)."""
+    multipliers = sorted({*cfg.eval.length_multipliers, final_multiplier(cfg.pipeline)})
+    return derive(cfg, eval={"methods": ["none", "ntk", "yarn", "ntk_cd", "yarn_cd"], "critical_dim": critical_dim,
+                             "rescale_factor_files": [str(lam)], "length_multipliers": multipliers})

@@ -125,3 +125,10 @@ def test_longrope2_refuses_a_model_that_already_has_longrope_factors(v2, outcome
 
     with pytest.raises(RopelabError, match="already has them"):
         search_flow(recipe.longrope2_search(v2), model=outcome.model, data=upstream[1])
+
+
+def test_critical_dim_baselines_run_on_the_base_model_at_the_searched_dim(outcome):
+    table = outcome.baselines.table
+    assert {"none", "ntk", "yarn", "ntk_cd", "yarn_cd"} <= set(table)
+    assert any(row.startswith("lambda:") for row in table)  # the searched factors without fine-tuning
+    assert table["ntk_cd"][512] != pytest.approx(table["ntk"][512], rel=1e-6)  # the critical dim changes NTK

@@ -31,6 +31,7 @@ class Longrope2Outcome:
     model: ModelArtifact
     report: EvalArtifact
     tokens: int
+    baselines: EvalArtifact | None = None  # base model: NTK/YaRN with and without the searched critical dim
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,16 @@ def longrope2_markdown(cfg: RunConfig, o: PipelineOutcome) -> str:
     lines += ["", f"LongRoPE2 search: critical dim {s.critical_dim} (rotary-pair index) of the sweep "
               + ", ".join(f"{cd}: {v:.3f}" for cd, v in sorted(s.sweep.items()))
               + f" ({s.fitness} fitness, validation); test {s.fitness} PPL of the winner {s.test_ppl['winner']:.3f}."]
+    if v2.baselines is not None:
+        t = v2.baselines.table
+
+        def at(row: str) -> str:
+            return " / ".join(f"{t[row][n]:.3f}" if n in t[row] else "–" for n in lengths)
+
+        pairs = [(a, b) for a, b in (("ntk", "ntk_cd"), ("yarn", "yarn_cd")) if a in t and b in t]
+        lines.append(f"Critical-dim baselines on the base model (no fine-tuning; critical dim {s.critical_dim}), PPL at "
+                     + " / ".join(map(str, lengths)) + ": "
+                     + "; ".join(f"{a} {at(a)} → {b} {at(b)}" for a, b in pairs) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +215,7 @@ def pipeline_report(cfg: RunConfig, outcome: PipelineOutcome, durations, out: Pa
     outcome = dataclasses.replace(outcome, headline=headline, in_memory=in_memory, durations=tuple(durations),
                                   report_dir=out)
     zoos = {n: (r.path / "zoo.md").read_text() for n, r in outcome.reports.items()
-            if n in ("base", "finetuned", "longrope2")}
+            if n in ("base", "finetuned", "longrope2", "base-cd")}
     summary = pipeline_summary(cfg, outcome, zoos)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(summary)
