@@ -26,7 +26,7 @@ from ropelab.flows.evaluate import evaluate_stage
 from ropelab.flows.finetune import finetune_flow
 from ropelab.flows.longrope2 import longrope2_stage
 from ropelab.flows.search import search_flow
-from ropelab.plan import final_length
+from ropelab.plan import final_length, progressive_finetune_tokens
 from ropelab.tasks import runner
 from ropelab.tasks.export import choose_short_set, export_final, fitness_windows, lambda_spec, score_export
 
@@ -65,7 +65,7 @@ def pipeline_flow(cfg: RunConfig, rerun_from: str | None = None) -> PipelineOutc
         export = parent.record(export_stage(cfg, parent, ft2, data, long, choice.short, refresh("export")))
         outcome = PipelineOutcome(data, base, stage1, (ft1, ft2), stage2, recovery, choice, clex, reports,
                                   combined_table(reports), export, None, run_id=run, longrope2=v2,
-                                  progressive_tokens=recipe.progressive_finetune_tokens(cfg))
+                                  progressive_tokens=progressive_finetune_tokens(cfg))
         outcome = parent.record(pipeline_report(cfg, outcome, parent.durations(), parent.report_dir()))
     print(outcome.summary)
     return outcome

@@ -81,15 +81,30 @@ def finetune_memory_gib(cfg: RunConfig, seq_len: int) -> float:
     return (states + activations) / GIB
 
 
+def progressive_finetune_tokens(cfg: RunConfig) -> int:
+    """Tokens the progressive recipe's two fine-tunes train on (L·r1 then L·r2, the same batch)."""
+    p, t = cfg.pipeline, cfg.finetune.train
+    rows = t.batch_size * t.grad_accum
+    return rows * sum(int(cfg.model.context_length * r) * n
+                      for r, n in zip(p.ratios, (p.first_finetune_steps, p.second_finetune_steps), strict=True))
+
+
+def longrope2_steps(cfg: RunConfig) -> int:
+    """LongRoPE2's mixed-window fine-tuning steps at the final length: as many tokens as the progressive recipe's
+    fine-tunes (rounded, at least 1)."""
+    t = cfg.finetune.train
+    return max(1, round(progressive_finetune_tokens(cfg) / (final_length(cfg) * t.batch_size * t.grad_accum)))
+
+
 def pipeline_plan(cfg: RunConfig) -> list[str]:
     p, L = cfg.pipeline, cfg.model.context_length
     r1, r2 = p.ratios
     lines = [f"preset {cfg.preset}: model {cfg.model.source} ({count(parameter_count(cfg))} parameters, "
              f"L = {L}); data {', '.join(cfg.data.sources)}"]
 
-    def search_line(name: str, length: int, stage: str = "search1") -> str:
+    def search_line(name: str, length: int, stage: str = "search1", v2: bool = False) -> str:
         s = stage_search_config(cfg, stage)
-        n = search_candidates(s)
+        n = search_candidates(s) + (search_counts(s)["population"] if v2 else 0)  # v2 starts from 2 × population
         return (f"{name:<26} length {length:>9,}  {n} candidates × {s.num_windows} windows = "
                 f"{count(n * s.num_windows * length)} tokens forward; peak ≈ "
                 f"{memory(forward_memory_gib(cfg, length))} per sequence")
@@ -105,6 +120,11 @@ def pipeline_plan(cfg: RunConfig) -> list[str]:
               tune_line(f"fine-tune {r2:g}×", int(L * r2), p.second_finetune_steps),
               search_line(f"search {p.final_ratio:g}× (fine-tuned)", int(L * r2 * p.final_ratio), "search2")]
     lines += [search_line(f"recovery {r:g}×", int(L * r), "recovery") for r in p.recovery_ratios]
+    if p.longrope2:
+        sweep = cfg.search.critical_dims or "d_rcd … d_tcd"
+        lines += [search_line(f"longrope2 {final_multiplier(p)}× (base)", final_length(cfg), "search2", v2=True)
+                  + f"; per critical dim of {sweep}",
+                  tune_line("longrope2 mixed windows", final_length(cfg), longrope2_steps(cfg))]
     lines.append(f"{'evaluate':<26} lengths {', '.join(f'{L * m:,}' for m in cfg.eval.length_multipliers)}; "
                  f"{cfg.eval.num_windows} windows each; the fine-tuned model also at {final_length(cfg):,}")
     return lines

@@ -6,7 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ropelab.config import RunConfig, derive
-from ropelab.plan import final_length, final_multiplier, stage_search_overrides
+from ropelab.plan import (
+    final_length,
+    final_multiplier,
+    longrope2_steps,
+    stage_search_overrides,
+)
 
 
 def search1(cfg: RunConfig, ratio: float) -> RunConfig:
@@ -67,14 +72,6 @@ def native_eval(cfg: RunConfig, original_length: int) -> RunConfig:
     return derive(cfg, eval={"methods": ["native"], "rescale_factor_files": [], "original_length": original_length})
 
 
-def progressive_finetune_tokens(cfg: RunConfig) -> int:
-    """Tokens the progressive recipe's two fine-tunes train on (L·r1 then L·r2, the same batch)."""
-    p, t = cfg.pipeline, cfg.finetune.train
-    rows = t.batch_size * t.grad_accum
-    return rows * sum(int(cfg.model.context_length * r) * n
-                      for r, n in zip(p.ratios, (p.first_finetune_steps, p.second_finetune_steps), strict=True))
-
-
 def longrope2_search(cfg: RunConfig) -> RunConfig:
     """LongRoPE2's one search, on the base model at the final length, with the stage-2 search's budget."""
     return derive(cfg, search={"variant": "longrope2", "scale": float(final_multiplier(cfg.pipeline)),
@@ -85,10 +82,9 @@ def longrope2_search(cfg: RunConfig) -> RunConfig:
 def longrope2_finetune(cfg: RunConfig, lam: Path) -> RunConfig:
     """Mixed context window fine-tuning at the final length with the longrope2 factors, on as many tokens as the
     progressive recipe's fine-tunes (steps rounded, at least 1)."""
-    length, t = final_length(cfg), cfg.finetune.train
-    steps = max(1, round(progressive_finetune_tokens(cfg) / (length * t.batch_size * t.grad_accum)))
     return derive(cfg, finetune={"method": "longrope", "rescale_factors_file": str(lam), "windows": "mixed",
-                                 "only_beyond_original": True, "train": {"seq_len": length, "steps": steps}})
+                                 "only_beyond_original": True,
+                                 "train": {"seq_len": final_length(cfg), "steps": longrope2_steps(cfg)}})
 
 
 def longrope2_eval(cfg: RunConfig) -> RunConfig:

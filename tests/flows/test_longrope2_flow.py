@@ -13,6 +13,7 @@ from transformers import AutoConfig
 from ropelab import recipe
 from ropelab.config import derive, load_config
 from ropelab.errors import RopelabError
+from ropelab.plan import progressive_finetune_tokens
 from ropelab.search.critical import ntk_left
 from ropelab.tasks.home import resolve_config
 
@@ -98,7 +99,7 @@ def test_needle_fitness_is_cached_apart_and_a_rerun_forwards_nothing(v2, searche
 def test_mixed_training_spends_the_progressive_budget_and_exports_stock_longrope(v2, outcome):
     tuned = recipe.longrope2_finetune(v2, outcome.search.lam).finetune
     assert tuned.windows == "mixed" and tuned.train.seq_len == 512
-    budget = recipe.progressive_finetune_tokens(v2)  # 2 rows × (4 steps × 128 + 4 steps × 256)
+    budget = progressive_finetune_tokens(v2)  # 2 rows × (4 steps × 128 + 4 steps × 256)
     assert budget == 3072 and outcome.tokens == tuned.train.steps * 2 * 512 == 3072
     assert 0 < outcome.model.metrics["finetune/tokens"] <= outcome.tokens  # real tokens: short-row padding excluded
     config = AutoConfig.from_pretrained(outcome.model.path)
