@@ -91,3 +91,16 @@ def test_a_recipe_that_cannot_run_is_rejected_when_the_config_loads(override, me
         load_config(CONFIGS / "tiny.yaml", [override])
     assert str(caught.value).startswith(f"{CONFIGS / 'tiny.yaml'}: ") and message in str(caught.value)
     assert len(str(caught.value).splitlines()) == 1
+
+
+def test_the_longrope2_plan_spends_the_progressive_fine_tuning_tokens_at_the_final_length():
+    from ropelab.plan import longrope2_steps, progressive_finetune_tokens
+
+    cfg = load_config(CONFIGS / "tiny-longrope2.yaml")
+    assert progressive_finetune_tokens(cfg) == 4 * (50 * 1024 + 32 * 2048)
+    assert longrope2_steps(cfg) == round(466944 / (4 * 8192)) == 14
+    lines = [line for line in pipeline_plan(cfg) if line.startswith("longrope2")]
+    assert len(lines) == 2
+    assert "24 candidates × 3 windows" in lines[0]  # the initial 2 × 8, then 2 generations of 2 + 2
+    assert "(7, 10, 13)" in lines[0] and "14 steps" in lines[1]
+    assert not any(line.startswith("longrope2") for line in pipeline_plan(load_config(CONFIGS / "tiny.yaml")))
