@@ -57,7 +57,8 @@ def lambda_identity(lam: Path | None) -> str:
 def mixed_run(loaded, tokenizer, docs, blocks, long: RopeSpec, cfg: FinetuneConfig, on_step, checkpoint_dir: Path):
     """LongRoPE2's mixed context window training: the corpus cut into pieces of at most L tokens (framed
     [BOS] piece [EOS]), packed into train.seq_len rows with per-piece positions and attention, mixed with the
-    long blocks at finetune.mixed_long_share of the tokens (both kinds hold seq_len tokens per row)."""
+    long blocks at finetune.mixed_long_share of the tokens (both kinds hold seq_len tokens per row). Returns the
+    history and what was mixed (metrics)."""
     if cfg.method != "longrope" or not cfg.only_beyond_original:
         raise RopelabError("finetune.windows mixed needs finetune.method longrope and only_beyond_original true "
                            "(short rows train with the original RoPE, long ones with the searched factors)")
@@ -66,8 +67,10 @@ def mixed_run(loaded, tokenizer, docs, blocks, long: RopeSpec, cfg: FinetuneConf
     pieces = [doc[i: i + piece] for doc in docs for i in range(0, len(doc), piece)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     short = pack_short_rows(pieces, cfg.train.seq_len, L, tokenizer.bos_token_id, tokenizer.eos_token_id, pad)
-    return mixed_finetune(loaded, short, blocks, long, cfg.train, long_fraction=cfg.mixed_long_share,
-                          on_step=on_step, checkpoint_dir=checkpoint_dir)
+    history = mixed_finetune(loaded, short, blocks, long, cfg.train, long_fraction=cfg.mixed_long_share,
+                             on_step=on_step, checkpoint_dir=checkpoint_dir)
+    return history, {"finetune/short_rows": float(short.input_ids.shape[0]),
+                     "finetune/short_pieces": float(len(pieces)), "finetune/long_blocks": float(blocks.shape[0])}
 
 
 @device_task(name="finetune", cache_policy=IDENTITY, retries=2, retry_delay_seconds=[10, 60],
@@ -90,8 +93,10 @@ def finetune_model(model: ModelArtifact, data: DataArtifact, cfg: FinetuneConfig
         with out_of_memory_is_final("fine-tuning", train.seq_len,
                                     "lower finetune.train.batch_size and raise grad_accum, or shard with FSDP"):
             on_step = lambda rec: bar.update(job, completed=rec.step + 1, status=f"loss {rec.loss:.3f}")  # noqa: E731
+            mixture: dict[str, float] = {}
             if cfg.windows == "mixed":
-                history = mixed_run(loaded, tokenizer, docs, blocks, long, cfg, on_step, directory / "checkpoint")
+                history, mixture = mixed_run(loaded, tokenizer, docs, blocks, long, cfg, on_step,
+                                             directory / "checkpoint")
             else:
                 history = finetune(loaded, blocks, long, train, only_beyond_original=cfg.only_beyond_original,
                                    on_step=on_step, checkpoint_dir=directory / "checkpoint")
@@ -103,7 +108,7 @@ def finetune_model(model: ModelArtifact, data: DataArtifact, cfg: FinetuneConfig
         {"seconds": seconds, "final_loss": history[-1].loss, "steps": len(history)}, indent=2))
     shutil.rmtree(directory / "checkpoint", ignore_errors=True)  # done: the exported model replaces it
     metrics = {"finetune/first_loss": history[0].loss, "finetune/final_loss": history[-1].loss,
-               "finetune/seconds": seconds, "finetune/tokens": float(history[-1].tokens)}
+               "finetune/seconds": seconds, "finetune/tokens": float(history[-1].tokens), **mixture}
     return ModelArtifact(report.path, identity.model_fingerprint(report.path), data.fingerprint, kind="finetuned",
                          original_length=model.original_length, metrics=metrics,
                          history=loss_curves(history, LOG_EVERY, "finetune")[:2], lossy=tuple(report.lossy),

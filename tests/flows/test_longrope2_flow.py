@@ -101,7 +101,11 @@ def test_mixed_training_spends_the_progressive_budget_and_exports_stock_longrope
     assert tuned.windows == "mixed" and tuned.train.seq_len == 512
     budget = progressive_finetune_tokens(v2)  # 2 rows × (4 steps × 128 + 4 steps × 256)
     assert budget == 3072 and outcome.tokens == tuned.train.steps * 2 * 512 == 3072
-    assert 0 < outcome.model.metrics["finetune/tokens"] <= outcome.tokens  # real tokens: short-row padding excluded
+    m = outcome.model.metrics
+    assert 0 < m["finetune/tokens"] <= outcome.tokens  # real tokens: short-row padding excluded
+    # the corpus cut into pieces of ≤ L = 64 tokens ([BOS] 62 tokens [EOS]), 8 per 512-token row
+    assert m["finetune/short_pieces"] / 8 <= m["finetune/short_rows"] <= m["finetune/short_pieces"]
+    assert m["finetune/long_blocks"] >= 1
     config = AutoConfig.from_pretrained(outcome.model.path)
     rope = config.rope_parameters
     assert rope["rope_type"] == "longrope" and rope["short_factor"] == [1.0] * 16
