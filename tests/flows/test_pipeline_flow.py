@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def smoke():
-    return load_config(resolve_config("smoke"))
+    """The smoke preset with LongRoPE2 beside the progressive recipe (and needle PPL in every evaluation): the one
+    pipeline of the suite that runs every stage; the others leave it out to stay quick."""
+    return derive(load_config(resolve_config("smoke")), pipeline={"longrope2": True}, eval={"needle_samples": 2})
 
 
 def snapshot() -> dict:
