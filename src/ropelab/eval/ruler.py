@@ -196,11 +196,25 @@ def unfit(task: str, length: int, hf_tokenizer) -> str:
     elif task == "ruler_fwe":
         need = 50 * 4  # vocab_size = length // 50 must hold the noise word and the three answers
     else:
-        from lm_eval.tasks.ruler import niah_utils
-
+        niah_utils = _niah_utils()
         # a lower bound (the template alone); prepare_niah itself refuses a length its needles do not fit in
         need = count(niah_utils.TEMPLATE.format(type_needle_v="numbers", context="", query="")) + ANSWER_TOKENS["niah"]
     return f"needs ≥ {need} tokens of this tokenizer" if length < need else ""
+
+
+def _niah_utils():
+    """lm-eval's niah module, imported only once punkt_tab is on NLTK's path: importing it without calls
+    ``nltk.download`` (a network request)."""
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab")
+    except LookupError:
+        raise RopelabError("NLTK's punkt_tab is not on nltk.data.path (use_nltk_data(write_punkt_tab(dir)) first): "
+                           "lm-eval's RULER module would download it at import") from None
+    from lm_eval.tasks.ruler import niah_utils
+
+    return niah_utils
 
 
 def _cwe_need(cwe_utils, length: int, count: Callable[[str], int]) -> int:
