@@ -42,7 +42,7 @@ def evaluate_ruler(model: ModelArtifact, cfg: RulerConfig, title: str = "") -> R
     return RulerArtifact(out, model.fingerprint, model.data_version, table=result.table(),
                          samples={t: {c.length: c.samples for c in result.cells if c.task == t and c.score is not None}
                                   for t in result.tasks},
-                         skipped={f"{c.task}@{c.length}": c.skipped for c in result.cells if c.skipped},
+                         skipped={f"{c.task}/{c.length}": c.skipped for c in result.cells if c.skipped},
                          limit=cfg.limit, seconds=time.monotonic() - start)
 
 

@@ -150,7 +150,7 @@ class RulerArtifact(Artifact):
 
     table: dict[str, dict[int, float]] = field(default_factory=dict)
     samples: dict[str, dict[int, int]] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)  # "task@length" -> why it did not run
+    skipped: dict[str, str] = field(default_factory=dict)  # "task/length" -> why it did not run (an MLflow-safe key)
     limit: int = 0
     seconds: float = 0.0
 

@@ -135,7 +135,7 @@ def test_ruler_on_the_smoke_model_offline_through_the_cli_lands_in_mlflow(capsys
         for n in (1024, 2048):
             assert 0.0 <= metrics[f"ruler/{task}/{n}"] <= 1.0 and metrics[f"ruler_samples/{task}/{n}"] == 2
     tags = runs[0].data.tags
-    assert "500 tokens" in tags["ruler.skipped.ruler_vt@1024"] and "ruler.skipped.ruler_cwe@2048" in tags
+    assert "500 tokens" in tags["ruler.skipped.ruler_vt/1024"] and "ruler.skipped.ruler_cwe/2048" in tags
     files = {f.path for f in client.list_artifacts(runs[0].info.run_id, "ruler")}
     assert {"ruler/ruler.md", "ruler/ruler.json", "ruler/ruler_vs_length.png"} <= files
     assert "| niah_single_1 |" in capsys.readouterr().out
