@@ -139,3 +139,20 @@ def test_ruler_on_the_smoke_model_offline_through_the_cli_lands_in_mlflow(capsys
     files = {f.path for f in client.list_artifacts(runs[0].info.run_id, "ruler")}
     assert {"ruler/ruler.md", "ruler/ruler.json", "ruler/ruler_vs_length.png"} <= files
     assert "| niah_single_1 |" in capsys.readouterr().out
+
+
+def test_plot_draws_the_scored_tasks_and_leaves_out_the_all_skipped_ones(tmp_path):
+    from ropelab.eval.plots import plot_ruler
+
+    path = plot_ruler({"niah_single_1": {1024: 1.0, 2048: 0.5}, "ruler_vt": {}}, tmp_path / "r.png", "RULER", 64)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_cli_suite_and_limit_reach_the_config_and_a_bad_limit_is_one_line(capsys):
+    from ropelab.flows import cli
+
+    args = cli.build_parser().parse_args(["evaluate", "--suite", "ruler", "--limit", "3"])
+    assert (args.suite, args.limit) == ("ruler", 3)
+    assert cli.main(["evaluate", "--suite", "ruler", "--config", "smoke", "--limit", "0"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "ruler.limit" in error
