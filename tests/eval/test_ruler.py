@@ -156,3 +156,14 @@ def test_cli_suite_and_limit_reach_the_config_and_a_bad_limit_is_one_line(capsys
     assert cli.main(["evaluate", "--suite", "ruler", "--config", "smoke", "--limit", "0"]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "ruler.limit" in error
+
+
+def test_an_hf_tokenizer_is_saved_as_is(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tests.eval.local_tokenizers import qwen2_style_tokenizer
+
+    tokenizer = qwen2_style_tokenizer()
+    saved = AutoTokenizer.from_pretrained(str(ruler.write_hf_tokenizer(tokenizer, tmp_path / "tok")))
+    text = "The grass is green. The sky is blue. 48213"
+    assert saved(text, add_special_tokens=False).input_ids == tokenizer.encode(text)
