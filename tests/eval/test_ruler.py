@@ -131,11 +131,13 @@ def test_ruler_on_the_smoke_model_offline_through_the_cli_lands_in_mlflow(capsys
                               order_by=["attributes.start_time DESC"], max_results=1)
     assert runs and runs[0].info.status == "FINISHED"
     metrics = runs[0].data.metrics
-    for task in ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_fwe"):  # 1024 = 16 L, 2048 = 32 L
-        for n in (1024, 2048):
-            assert 0.0 <= metrics[f"ruler/{task}/{n}"] <= 1.0 and metrics[f"ruler_samples/{task}/{n}"] == 2
+    scored = [(t, n) for t in ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_fwe")
+              for n in (1024, 2560)] + [("ruler_cwe", 2560)]  # 16 L and 40 L
+    for task, n in scored:
+        assert 0.0 <= metrics[f"ruler/{task}/{n}"] <= 1.0 and metrics[f"ruler_samples/{task}/{n}"] == 2
     tags = runs[0].data.tags
-    assert "500 tokens" in tags["ruler.skipped.ruler_vt/1024"] and "ruler.skipped.ruler_cwe/2048" in tags
+    assert "500 tokens" in tags["ruler.skipped.ruler_vt/1024"] and "500 tokens" in tags["ruler.skipped.ruler_vt/2560"]
+    assert "needs ≥" in tags["ruler.skipped.ruler_cwe/1024"] and "ruler/ruler_cwe/1024" not in metrics
     files = {f.path for f in client.list_artifacts(runs[0].info.run_id, "ruler")}
     assert {"ruler/ruler.md", "ruler/ruler.json", "ruler/ruler_vs_length.png"} <= files
     assert "| niah_single_1 |" in capsys.readouterr().out
