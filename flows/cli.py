@@ -53,6 +53,8 @@ def quiet_user_errors() -> None:
 def run_flow(args) -> int:
     from ropelab.tasks.home import configure_environment, find_home
 
+    if getattr(args, "limit", None) is not None:  # `evaluate --limit N`: the RULER prompts per (task, length)
+        args.overrides = [*args.overrides, f"ruler.limit={args.limit}"]
     config = load(args)  # every value validated before any flow machinery starts
     rerun_from = getattr(args, "rerun_from", None)
     if rerun_from is not None and rerun_from not in PIPELINE_STAGES:
@@ -72,7 +74,7 @@ def run_flow(args) -> int:
     from ropelab.flows.commands import run_command
 
     quiet_user_errors()
-    run_command(args.command, config, getattr(args, "rerun_from", None))
+    run_command(args.command, config, getattr(args, "rerun_from", None), getattr(args, "suite", "zoo"))
     return 0
 
 
@@ -223,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "directory at or above here made by `ropelab init`)")
         sub.add_argument("--refresh", action="store_true", help="recompute every stage instead of using the cache")
         sub.set_defaults(run=run_flow)
+        if command == "evaluate":
+            sub.add_argument("--suite", choices=("zoo", "ruler"), default="zoo",
+                             help="zoo: PPL across lengths and passkey (default); ruler: lm-eval's synthetic RULER "
+                             "tasks at ruler.length_multipliers × L, offline")
+            sub.add_argument("--limit", type=int, default=None, metavar="N",
+                             help="--suite ruler: prompts per (task, length) (default: ruler.limit)")
         if command == "pipeline":
             sub.add_argument("--rerun-from", default=None, metavar="STAGE",
                              help="recompute this stage and everything after it (cached stages before it are "

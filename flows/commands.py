@@ -18,13 +18,18 @@ FLOWS = {  # command -> (module, flow function, help)
     "pipeline": ("ropelab.flows.pipeline", "pipeline_flow", "the progressive LongRoPE recipe and CLEX end to end"),
     "evaluate": ("ropelab.flows.evaluate", "evaluate_flow", "the method-zoo report: PPL across lengths, passkey"),
 }
+SUITES = {  # `ropelab evaluate --suite NAME` -> (module, flow function); zoo is the evaluate flow itself
+    "zoo": FLOWS["evaluate"][:2],
+    "ruler": ("ropelab.flows.evaluate", "ruler_flow"),
+}
 SINGLE_STAGE = ("data", "base")  # one MLflow run each: nothing to nest
 
 
-def run_command(command: str, cfg, rerun_from: str | None = None):
+def run_command(command: str, cfg, rerun_from: str | None = None, suite: str = "zoo"):
     """Run a flow command. A command that runs its upstream stages too (search, finetune, clex, evaluate) opens
-    one top-level MLflow run with those stages nested under it, as the pipeline does."""
-    module, name, _ = FLOWS[command]
+    one top-level MLflow run with those stages nested under it, as the pipeline does. ``suite``: which
+    evaluation `evaluate` runs (``SUITES``)."""
+    module, name = SUITES[suite] if command == "evaluate" else FLOWS[command][:2]
     target = getattr(importlib.import_module(module), name)
     if command == "pipeline":
         return target(cfg, rerun_from=rerun_from)

@@ -157,6 +157,27 @@ class EvalArtifact(Artifact):
 
 
 @dataclass(frozen=True)
+class RulerArtifact(Artifact):
+    """A RULER report directory: {task: {length: score}} for the cells that ran, and every skipped cell's reason."""
+
+    table: dict[str, dict[int, float]] = field(default_factory=dict)
+    samples: dict[str, dict[int, int]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # "task/length" -> why it did not run (an MLflow-safe key)
+    limit: int = 0
+    seconds: float = 0.0
+
+    def record(self) -> Record:
+        metrics = {f"ruler/{task}/{n}": v for task, cells in self.table.items() for n, v in cells.items()}
+        metrics |= {f"ruler_samples/{task}/{n}": float(v) for task, cells in self.samples.items()
+                    for n, v in cells.items()}
+        series = tuple(Series(f"ruler/{task}", tuple(sorted(cells.items()))) for task, cells in self.table.items()
+                       if cells)
+        tags = {"report.dir": str(self.path), "ruler.limit": str(self.limit)}
+        tags |= {f"ruler.skipped.{key}": why[:250] for key, why in self.skipped.items()}
+        return Record(metrics, series, tags, ((self.path, "ruler"),))
+
+
+@dataclass(frozen=True)
 class ShortChoice:
     """The exported short factor set: the candidate with the lowest validation PPL at L."""
 

@@ -221,6 +221,24 @@ class EvalConfig:
                                     "theoretical d_tcd (yarn_cd is then YaRN with β_slow 1)", 0)
 
 
+# RULER's offline tasks (ropelab.eval.ruler.SYNTHETIC_TASKS; tests/test_config_choices.py checks they agree)
+RulerTask = Literal["niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe"]
+
+
+@dataclass(frozen=True)
+class RulerConfig:
+    __pydantic_config__ = STRICT
+
+    tasks: Annotated[tuple[RulerTask, ...], Field(min_length=1)] = doc(
+        "RULER tasks (lm-eval's synthetic ones; the essay and QA tasks need hub data and are refused)",
+        ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe"))
+    length_multipliers: Annotated[tuple[Positive, ...], Field(min_length=1)] = doc(
+        "evaluation lengths as multiples of the original length L; a length too short for a task's prompt "
+        "(byte-level tokens are short) is skipped with the reason", (1, 2, 4, 8))
+    limit: Positive = doc("prompts per (task, length): the first `limit` of the task's 500 generated ones", 10)
+    seed: Int = doc("seed of the generated haystacks, needles and answers", 0)
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     __pydantic_config__ = STRICT
@@ -458,6 +476,8 @@ class RunConfig:
     model: ModelConfig = doc("base model", default_factory=ModelConfig)
     pretrain: TrainConfig = doc("tiny-model pretraining", default_factory=TrainConfig)
     eval: EvalConfig = doc("evaluation protocol", default_factory=EvalConfig)
+    ruler: RulerConfig = doc("RULER through lm-evaluation-harness (`ropelab evaluate --suite ruler`)",
+                             default_factory=RulerConfig)
     search: SearchConfig = doc("LongRoPE evolutionary search", default_factory=SearchConfig)
     finetune: FinetuneConfig = doc("fine-tuning with a fixed RoPE at a longer length", default_factory=FinetuneConfig)
     pipeline: PipelineConfig = doc("the progressive LongRoPE recipe", default_factory=PipelineConfig)

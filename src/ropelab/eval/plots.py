@@ -146,3 +146,31 @@ def plot_clex_basis(learned: Mapping[int, Sequence[float]], ntk: Mapping[int, Se
     ax.grid(True, which="both", alpha=0.3)
     _legend_beside(ax)
     return _save(fig, path, plt)
+
+
+def plot_ruler(table: Mapping[str, Mapping[int, float]], path: str | Path, title: str,
+               original_length: int | None = None) -> Path:
+    """RULER score (0–1) against evaluation length, one line per task (log-2 x); tasks with no scored length
+    (every cell skipped) are left out: the table says why."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullLocator
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for task, by_length in table.items():
+        lengths = sorted(by_length)
+        if lengths:
+            ax.plot(lengths, [by_length[n] for n in lengths], marker="o", label=task, linewidth=1.6)
+    if original_length:
+        ax.axvline(original_length, color="grey", linestyle=":", label=f"pretrained length {original_length}")
+    evaluated = sorted({n for by_length in table.values() for n in by_length})
+    if evaluated:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(evaluated, [str(n) for n in evaluated])
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_ylabel("score (string match)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    _legend_beside(ax)
+    return _save(fig, path, plt)
