@@ -274,7 +274,7 @@ def test_unknown_rerun_stage_is_a_clear_error():
     from ropelab.errors import RopelabError
     from ropelab.flows.pipeline import refresh_from
 
-    with pytest.raises(RopelabError, match="stages: base, search1"):
+    with pytest.raises(RopelabError, match="stages: base, longrope2, search1"):
         refresh_from("warmup")
 
 
