@@ -55,6 +55,11 @@ def pi_comparison(cfg: RunConfig, length: str = "train") -> RunConfig:
                                  "rescale_factors_file": "", "train": train})
 
 
+def through_final(cfg: RunConfig) -> list[int]:
+    """The evaluation's length multipliers plus the pipeline's final one (models that reach the final length)."""
+    return sorted({*cfg.eval.length_multipliers, final_multiplier(cfg.pipeline)})
+
+
 def base_eval(cfg: RunConfig, lams: list[Path]) -> RunConfig:
     """Baselines and the stage-1 λ sets on the base model."""
     return derive(cfg, eval={"rescale_factor_files": [str(p) for p in lams]})
@@ -62,8 +67,7 @@ def base_eval(cfg: RunConfig, lams: list[Path]) -> RunConfig:
 
 def finetuned_eval(cfg: RunConfig) -> RunConfig:
     """Only the pipeline's own settings on the fine-tuned model, up to the final length."""
-    multipliers = sorted({*cfg.eval.length_multipliers, final_multiplier(cfg.pipeline)})
-    return derive(cfg, eval={"methods": [], "rescale_factor_files": [], "length_multipliers": multipliers})
+    return derive(cfg, eval={"methods": [], "rescale_factor_files": [], "length_multipliers": through_final(cfg)})
 
 
 def native_eval(cfg: RunConfig, original_length: int) -> RunConfig:
@@ -89,13 +93,11 @@ def longrope2_finetune(cfg: RunConfig, lam: Path) -> RunConfig:
 
 def longrope2_eval(cfg: RunConfig) -> RunConfig:
     """The longrope2 model's own (stock) RoPE at the lengths the fine-tuned progressive model is evaluated at."""
-    multipliers = sorted({*cfg.eval.length_multipliers, final_multiplier(cfg.pipeline)})
-    return derive(cfg, eval={"methods": ["native"], "rescale_factor_files": [], "length_multipliers": multipliers})
+    return derive(cfg, eval={"methods": ["native"], "rescale_factor_files": [], "length_multipliers": through_final(cfg)})
 
 
 def critical_dim_baselines_eval(cfg: RunConfig, lam: Path, critical_dim: int) -> RunConfig:
     """On the base model: NTK and YaRN beside NTK-cd and YaRN-cd at the longrope2 search's critical dim, and the
     searched factors without fine-tuning, up to the final length (LongRoPE2's cheap critical-dim baselines)."""
-    multipliers = sorted({*cfg.eval.length_multipliers, final_multiplier(cfg.pipeline)})
     return derive(cfg, eval={"methods": ["none", "ntk", "yarn", "ntk_cd", "yarn_cd"], "critical_dim": critical_dim,
-                             "rescale_factor_files": [str(lam)], "length_multipliers": multipliers})
+                             "rescale_factor_files": [str(lam)], "length_multipliers": through_final(cfg)})
