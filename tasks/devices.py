@@ -9,14 +9,24 @@ retries would keep the slot through the retry delay, so device tasks are retried
 of the same task: the failed attempt stays visible as a Failed task run, and the slot is free while waiting.
 The limit is created on first use and shows on the Prefect UI's Concurrency page; raising its slot count there
 is how a machine with N GPUs runs N device tasks at once.
+
+A process killed inside a device task (SIGKILL, OOM, a lost machine) never releases its slot, and the API that
+granted it — Prefect's temporary server, started by each command without ``ropelab server`` — dies with it and
+its in-memory lease, so nothing would ever give the slot back and every later run on the home would wait
+forever. So every process that takes device slots holds a shared lock on ``.prefect/device-slots.lock`` for its
+life (the kernel drops it when the process dies, however it dies); a process that finds the lock free knows no
+live ropelab process can hold a slot of the home's own API and gives orphaned slots back, saying so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from prefect import task
@@ -45,21 +55,71 @@ def limit_name() -> str:
     return f"tag:{slot_tag()}"
 
 
+_HOME_LOCKS: dict[Path, int] = {}  # lock file → descriptor, open (and locked shared) until the process exits
+
+
+def hold_home_lock(lock_file: Path) -> bool:
+    """Hold a shared lock on ``lock_file`` for the rest of this process; True if, before that, no other process
+    held it (this one got it exclusively: no live process can be using the home's device slots)."""
+    if lock_file in _HOME_LOCKS:
+        return False
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        alone = True
+    except BlockingIOError:
+        alone = False
+    fcntl.flock(fd, fcntl.LOCK_SH)  # from exclusive: a conversion, never a wait on ourselves
+    _HOME_LOCKS[lock_file] = fd
+    return alone
+
+
+def home_lock_file() -> Path:
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()) / "device-slots.lock"
+
+
 @functools.cache
-def ensure_limit(name: str, slots: int, api_url: str) -> None:
-    """Create the limit if this Prefect API does not have it yet (two processes racing: one creates it)."""
+def ensure_limit(name: str, slots: int, api_url: str, home_api: bool = True) -> None:
+    """Create the limit if this Prefect API does not have it yet (two processes racing: one creates it); on the
+    home's own API (``home_api``), give back the slots of processes that died holding them."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+    alone = hold_home_lock(home_lock_file()) if home_api else False
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(name)
-            return
+            found = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            pass
-        with contextlib.suppress(ObjectAlreadyExists):
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            return
+        if alone and found.active_slots:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+            from prefect.logging import get_logger
+
+            get_logger("ropelab").warning(
+                f"released {found.active_slots} slot(s) of {name} held by a process that is gone (killed during "
+                "device work?): no live ropelab process uses this home")
+
+
+def home_api() -> bool:
+    """Is this process talking to the home's own Prefect API (a temporary server, or the home's ``ropelab
+    server``), whose every client is a process on this machine? An outside PREFECT_API_URL may have clients
+    elsewhere, whose slots a local lock says nothing about."""
+    from ropelab.tasks.home import paths
+    from ropelab.tasks.servers import running_server
+
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        return True
+    with contextlib.suppress(Exception):
+        found = running_server(paths())
+        return found is not None and found.get("api", "").rstrip("/") == api.rstrip("/")
+    return False
 
 
 def needs_device(task) -> bool:
@@ -83,7 +143,7 @@ def run_in_slot(task, run: Callable, log: Callable[[str], None] = lambda line: N
     from prefect.settings import PREFECT_API_URL
     from prefect.states import Failed
 
-    ensure_limit(limit_name(), device_slots(), str(PREFECT_API_URL.value()))
+    ensure_limit(limit_name(), device_slots(), str(PREFECT_API_URL.value()), home_api=home_api())
     slotted = task.with_options(tags={*task.tags, slot_tag()}, retries=0)
     delays = retry_delays(task)
     for attempt in range(len(delays) + 1):

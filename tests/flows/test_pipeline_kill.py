@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # two pipeline runs, each with its own 900 s bound
 
 
 def pipeline_process(home: Path) -> subprocess.Popen:
