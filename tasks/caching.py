@@ -125,6 +125,20 @@ def written_by_us(content: bytes) -> bool:
     return serializer == {"type": SERIALIZER_TYPE}
 
 
+def has_cached_result(task, args: tuple, kwargs: dict, storage: Path) -> bool:
+    """Will Prefect answer this call from ``storage`` without running its body? Only for tasks keyed here
+    (``IDENTITY``), whose record exists and was written by ropelab: the same key and check Prefect makes."""
+    if task.cache_policy is not IDENTITY:
+        return False
+    from prefect.utilities.callables import get_call_parameters
+
+    path = storage / cache_key(task.name, get_call_parameters(task.fn, args, kwargs))
+    try:
+        return written_by_us(path.read_bytes())
+    except OSError:
+        return False
+
+
 def refuse_foreign_record(path: Path) -> bool:
     """Move aside a result file under a cache key that ``ArtifactJSON`` did not write (an old or planted pickle)
     before Prefect looks the key up, so it reads as a cache miss and is recomputed. True when one was moved."""

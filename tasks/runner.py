@@ -19,7 +19,7 @@ from ropelab import identity
 from ropelab.artifacts import Artifact, ExportArtifact, ModelArtifact, SearchArtifact
 from ropelab.config import RunConfig
 from ropelab.tasks import devices, tracking
-from ropelab.tasks.caching import code_version, result_options
+from ropelab.tasks.caching import code_version, has_cached_result, result_options
 from ropelab.tasks.home import paths
 from ropelab.tasks.progress import run_logger
 
@@ -53,7 +53,17 @@ class Stage:
         def run(t):
             return t(*args, return_state=True, **kwargs)
 
-        return devices.run_in_slot(options, run, run_logger().warning) if devices.needs_device(task) else run(options)
+        if devices.needs_device(task) and not (not refresh and self._will_hit(task, args, kwargs)):
+            return devices.run_in_slot(options, run, run_logger().warning)
+        return run(options)
+
+    @staticmethod
+    def _will_hit(task, args, kwargs) -> bool:
+        """A cache hit does no device work: it skips the device slot, whose acquisition on the SQLite store
+        often costs Prefect's client a ~2 s back-off (a cached rerun of the pipeline is mostly such calls)."""
+        from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
+
+        return not PREFECT_TASKS_REFRESH_CACHE.value() and has_cached_result(task, args, kwargs, paths().results)
 
     def record(self, *items):
         """Log each item's record() on this stage's run; artifacts come back stamped with this run."""

@@ -13,6 +13,7 @@ from ropelab.config import load_config
 from ropelab.errors import RopelabError
 from ropelab.tasks import runner, tracking
 from ropelab.tasks.caching import IDENTITY
+from ropelab.tasks.devices import device_task, slot_tag
 
 CALLS: list[str] = []
 
@@ -99,3 +100,35 @@ def test_runs_left_running_by_a_dead_process_are_closed_as_killed_and_live_ones_
     assert client.get_run(dead).info.status == "KILLED" and "killed" in client.get_run(dead).data.tags["ropelab.error"]
     assert client.get_run(alive).info.status == "RUNNING"
     client.set_terminated(alive)
+
+
+@device_task(name="test-device-model", cache_policy=IDENTITY)
+def device_model(where: Path, value: int) -> ModelArtifact:
+    return make_model.fn(where, value)
+
+
+@flow(name="test-device-stage")
+def device_stage(cfg, where: Path, value: int):
+    with runner.stage(f"device-stage-{value}", cfg) as stage:
+        return stage.record(stage.call(device_model, where, value)), list(stage.hits)
+
+
+def device_task_runs(flow_state) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+            flow_state.state_details.flow_run_id])))
+
+
+@pytest.mark.slow
+def test_a_device_task_holds_the_device_slot_when_it_computes_and_skips_it_on_a_cache_hit(tmp_path):
+    cfg = load_config(None, ["experiment=runner-test"])
+    CALLS.clear()
+    states = [device_stage(cfg, tmp_path / "d", 11, return_state=True) for _ in range(2)]
+    (first, first_hits), (second, second_hits) = (s.result() for s in states)
+    assert CALLS == ["11"] and (first_hits, second_hits) == ([False], [True]) and second.path == first.path
+    (computed,), (cached,) = (device_task_runs(s) for s in states)
+    assert computed.state.name == "Completed" and slot_tag() in computed.tags
+    assert cached.state.name == "Cached" and slot_tag() not in cached.tags and "device" in cached.tags
