@@ -132,10 +132,10 @@ def has_cached_result(task, args: tuple, kwargs: dict, storage: Path) -> bool:
         return False
     from prefect.utilities.callables import get_call_parameters
 
-    path = storage / cache_key(task.name, get_call_parameters(task.fn, args, kwargs))
-    try:
+    try:  # inputs Prefect could not key either (it then runs uncached) are a miss here, never an error
+        path = storage / cache_key(task.name, get_call_parameters(task.fn, args, kwargs))
         return written_by_us(path.read_bytes())
-    except OSError:
+    except Exception:
         return False
 
 
