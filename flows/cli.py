@@ -140,6 +140,10 @@ def _serve_one(args, make, what: str, announce: bool = False) -> int:
     service = make(paths, args.host, args.port)
 
     def ready():
+        if announce:  # before any client can take a slot of this server
+            from ropelab.tasks.devices import reclaim_for_new_server
+
+            reclaim_for_new_server(f"{service.url}/api")
         print(f"{what} for {paths.home}: {service.landing or service.url}  (log: {service.log}; Ctrl-C stops it)",
               flush=True)
         if announce:

@@ -14,8 +14,11 @@ A process killed inside a device task (SIGKILL, OOM, a lost machine) never relea
 granted it — Prefect's temporary server, started by each command without ``ropelab server`` — dies with it and
 its in-memory lease, so nothing would ever give the slot back and every later run on the home would wait
 forever. So every process that takes device slots holds a shared lock on ``.prefect/device-slots.lock`` for its
-life (the kernel drops it when the process dies, however it dies); a process that finds the lock free knows no
-live ropelab process can hold a slot of the home's own API and gives orphaned slots back, saying so.
+life (the kernel drops it when the process dies, however it dies); a process on a temporary server that finds the
+lock free knows no live ropelab process can hold a slot and gives orphaned slots back, saying so; so does
+``ropelab server`` when it starts (its leases are in memory too). A running server repossesses a dead client's
+lease itself when it expires (60 s), so its clients never reclaim: the server could later decrement the count
+again under a live holder.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from prefect import task
 
 DEVICE_TAG = "device"
 
 
 def device_kind() -> str:
+    import torch  # here, not at import: `ropelab server` imports this module and needs no torch
+
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -43,6 +47,8 @@ def device_kind() -> str:
 
 
 def device_slots() -> int:
+    import torch
+
     return torch.cuda.device_count() if device_kind() == "cuda" else 1
 
 
@@ -81,45 +87,64 @@ def home_lock_file() -> Path:
     return Path(PREFECT_HOME.value()) / "device-slots.lock"
 
 
+SLOT_PREFIX = "tag:ropelab-device-"
+
+
+def reclaim_orphaned_slots(client) -> None:
+    """Give back device slots taken by processes that died holding them — only when this process finds no other
+    live ropelab process on the home (it got the home lock exclusively), so none of them can be in use."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.logging import get_logger
+
+    if not hold_home_lock(home_lock_file()):
+        return
+    for limit in client.read_global_concurrency_limits(limit=200):
+        if limit.name.startswith(SLOT_PREFIX) and limit.active_slots:
+            client.update_global_concurrency_limit(limit.name, GlobalConcurrencyLimitUpdate(active_slots=0))
+            get_logger("ropelab").warning(
+                f"released {limit.active_slots} slot(s) of {limit.name} held by a process that is gone (killed "
+                "during device work?): no live ropelab process uses this home")
+
+
 @functools.cache
-def ensure_limit(name: str, slots: int, api_url: str, home_api: bool = True) -> None:
-    """Create the limit if this Prefect API does not have it yet (two processes racing: one creates it); on the
-    home's own API (``home_api``), give back the slots of processes that died holding them."""
+def ensure_limit(name: str, slots: int, api_url: str, reclaim: bool = False) -> None:
+    """Create the limit if this Prefect API does not have it yet (two processes racing: one creates it); with
+    ``reclaim``, first give back the slots of processes that died holding them."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    alone = hold_home_lock(home_lock_file()) if home_api else False
     with get_client(sync_client=True) as client:
+        if reclaim:
+            reclaim_orphaned_slots(client)
         try:
-            found = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            client.read_global_concurrency_limit_by_name(name)
             return
-        if alone and found.active_slots:
-            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
-            from prefect.logging import get_logger
-
-            get_logger("ropelab").warning(
-                f"released {found.active_slots} slot(s) of {name} held by a process that is gone (killed during "
-                "device work?): no live ropelab process uses this home")
+        except ObjectNotFound:
+            pass
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
 
 
-def home_api() -> bool:
-    """Is this process talking to the home's own Prefect API (a temporary server, or the home's ``ropelab
-    server``), whose every client is a process on this machine? An outside PREFECT_API_URL may have clients
-    elsewhere, whose slots a local lock says nothing about."""
-    from ropelab.tasks.home import paths
-    from ropelab.tasks.servers import running_server
+def reclaim_for_new_server(api_url: str) -> None:
+    """``ropelab server`` once it answers: its leases live in its memory, so slots a previous server (or a killed
+    temporary one) granted are orphans if no ropelab process is alive on the home."""
+    from prefect.client.orchestration import get_client
+    from prefect.logging import get_logger
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    api = os.environ.get("PREFECT_API_URL")
-    if not api:
-        return True
-    with contextlib.suppress(Exception):
-        found = running_server(paths())
-        return found is not None and found.get("api", "").rstrip("/") == api.rstrip("/")
-    return False
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+            reclaim_orphaned_slots(client)
+    except Exception as exc:  # the server is up and useful either way: say what was not checked
+        get_logger("ropelab").warning(f"could not check the device slots for orphans: {exc}")
+
+
+def on_temporary_api() -> bool:
+    """Without PREFECT_API_URL every command runs its own temporary Prefect server, which keeps leases in memory
+    and never repossesses an expired one: a slot its dead process held is given back only by ``reclaim``. A
+    server (``ropelab server`` or an outside one) repossesses a dead client's lease itself once it expires."""
+    return not os.environ.get("PREFECT_API_URL")
 
 
 def needs_device(task) -> bool:
@@ -143,7 +168,7 @@ def run_in_slot(task, run: Callable, log: Callable[[str], None] = lambda line: N
     from prefect.settings import PREFECT_API_URL
     from prefect.states import Failed
 
-    ensure_limit(limit_name(), device_slots(), str(PREFECT_API_URL.value()), home_api=home_api())
+    ensure_limit(limit_name(), device_slots(), str(PREFECT_API_URL.value()), reclaim=on_temporary_api())
     slotted = task.with_options(tags={*task.tags, slot_tag()}, retries=0)
     delays = retry_delays(task)
     for attempt in range(len(delays) + 1):

@@ -53,20 +53,25 @@ def active_slots(home: Path) -> int:
         return db.execute("select active_slots from concurrency_limit_v2").fetchone()[0]
 
 
-def test_a_killed_holders_slot_is_given_back_by_the_next_process_but_never_while_one_may_be_alive(tmp_path):
+def orphan_a_slot(home: Path) -> None:
+    """A fresh project home where a process was SIGKILLed inside its device task."""
     from ropelab.tasks.home import init_home
 
-    init_home(tmp_path)
-    (tmp_path / "holder.py").write_text(SCRIPT)
-    marker = tmp_path / "inside"
-    killed = start(tmp_path, 600, marker)
+    init_home(home)
+    (home / "holder.py").write_text(SCRIPT)
+    marker = home / "inside"
+    killed = start(home, 600, marker)
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert killed.poll() is None and time.monotonic() < deadline, killed.stdout.read()[-2000:]
         time.sleep(0.2)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
-    assert active_slots(tmp_path) == 1  # the orphan: nobody will ever release it
+    assert active_slots(home) == 1  # the orphan: nobody will ever release it
+
+
+def test_a_killed_holders_slot_is_given_back_by_the_next_process_but_never_while_one_may_be_alive(tmp_path):
+    orphan_a_slot(tmp_path)
 
     # a live ropelab process on the home (its lock held): the slot may be its own, so the next one waits
     lock = os.open(tmp_path / ".prefect" / "device-slots.lock", os.O_RDWR | os.O_CREAT)
@@ -86,3 +91,25 @@ def test_a_killed_holders_slot_is_given_back_by_the_next_process_but_never_while
     assert after.returncode == 0 and output.strip().endswith("done"), output[-2000:]
     assert "released 1 slot(s) of tag:ropelab-device-cpu held by a process that is gone" in output
     assert active_slots(tmp_path) == 0
+
+
+def test_ropelab_server_gives_orphaned_slots_back_when_it_starts(tmp_path):
+    from tests.ops.conftest import free_port
+
+    orphan_a_slot(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "ropelab"), "server", "--port", str(free_port()),
+                               "--home", str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 240
+        while not any("Ctrl-C stops it" in line for line in lines):
+            assert server.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
+            lines.append(server.stdout.readline())
+        assert active_slots(tmp_path) == 0
+        assert any("released 1 slot(s) of tag:ropelab-device-cpu held by a process that is gone" in line
+                   for line in lines), "".join(lines)[-2000:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
