@@ -90,13 +90,13 @@ def home_lock_file() -> Path:
 SLOT_PREFIX = "tag:ropelab-device-"
 
 
-def reclaim_orphaned_slots(client) -> None:
-    """Give back device slots taken by processes that died holding them — only when this process finds no other
-    live ropelab process on the home (it got the home lock exclusively), so none of them can be in use."""
+def reclaim_orphaned_slots(client, alone: bool) -> None:
+    """Give back device slots taken by processes that died holding them — only when this process found no other
+    live ropelab process on the home (``alone``: it got the home lock exclusively), so none can be in use."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.logging import get_logger
 
-    if not hold_home_lock(home_lock_file()):
+    if not alone:
         return
     for limit in client.read_global_concurrency_limits(limit=200):
         if limit.name.startswith(SLOT_PREFIX) and limit.active_slots:
@@ -114,9 +114,12 @@ def ensure_limit(name: str, slots: int, api_url: str, reclaim: bool = False) -> 
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+    # every slot user holds the lock, whichever API: a `ropelab server` restarted under a live client must not
+    # take that client's slot for an orphan
+    alone = hold_home_lock(home_lock_file())
     with get_client(sync_client=True) as client:
         if reclaim:
-            reclaim_orphaned_slots(client)
+            reclaim_orphaned_slots(client, alone)
         try:
             client.read_global_concurrency_limit_by_name(name)
             return
@@ -135,7 +138,7 @@ def reclaim_for_new_server(api_url: str) -> None:
 
     try:
         with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-            reclaim_orphaned_slots(client)
+            reclaim_orphaned_slots(client, hold_home_lock(home_lock_file()))
     except Exception as exc:  # the server is up and useful either way: say what was not checked
         get_logger("ropelab").warning(f"could not check the device slots for orphans: {exc}")
 
