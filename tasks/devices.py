@@ -90,14 +90,12 @@ def home_lock_file() -> Path:
 SLOT_PREFIX = "tag:ropelab-device-"
 
 
-def reclaim_orphaned_slots(client, alone: bool) -> None:
-    """Give back device slots taken by processes that died holding them — only when this process found no other
-    live ropelab process on the home (``alone``: it got the home lock exclusively), so none can be in use."""
+def reclaim_orphaned_slots(client) -> None:
+    """Give back every device slot taken: call only when this process found no other live ropelab process on
+    the home (``hold_home_lock`` was True), so each one was taken by a process that died holding it."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.logging import get_logger
 
-    if not alone:
-        return
     for limit in client.read_global_concurrency_limits(limit=200):
         if limit.name.startswith(SLOT_PREFIX) and limit.active_slots:
             client.update_global_concurrency_limit(limit.name, GlobalConcurrencyLimitUpdate(active_slots=0))
@@ -118,8 +116,8 @@ def ensure_limit(name: str, slots: int, api_url: str, reclaim: bool = False) -> 
     # take that client's slot for an orphan
     alone = hold_home_lock(home_lock_file())
     with get_client(sync_client=True) as client:
-        if reclaim:
-            reclaim_orphaned_slots(client, alone)
+        if reclaim and alone:
+            reclaim_orphaned_slots(client)
         try:
             client.read_global_concurrency_limit_by_name(name)
             return
@@ -138,7 +136,8 @@ def reclaim_for_new_server(api_url: str) -> None:
 
     try:
         with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-            reclaim_orphaned_slots(client, hold_home_lock(home_lock_file()))
+            if hold_home_lock(home_lock_file()):
+                reclaim_orphaned_slots(client)
     except Exception as exc:  # the server is up and useful either way: say what was not checked
         get_logger("ropelab").warning(f"could not check the device slots for orphans: {exc}")
 

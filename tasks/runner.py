@@ -53,17 +53,19 @@ class Stage:
         def run(t):
             return t(*args, return_state=True, **kwargs)
 
-        if devices.needs_device(task) and not (not refresh and self._will_hit(task, args, kwargs)):
+        if devices.needs_device(task) and not self._will_hit(task, refresh, args, kwargs):
             return devices.run_in_slot(options, run, run_logger().warning)
         return run(options)
 
     @staticmethod
-    def _will_hit(task, args, kwargs) -> bool:
+    def _will_hit(task, refresh: bool, args, kwargs) -> bool:
         """A cache hit does no device work: it skips the device slot, whose acquisition on the SQLite store
         often costs Prefect's client a ~2 s back-off (a cached rerun of the pipeline is mostly such calls)."""
         from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
-        return not PREFECT_TASKS_REFRESH_CACHE.value() and has_cached_result(task, args, kwargs, paths().results)
+        if refresh or PREFECT_TASKS_REFRESH_CACHE.value():
+            return False
+        return has_cached_result(task, args, kwargs, paths().results)
 
     def record(self, *items):
         """Log each item's record() on this stage's run; artifacts come back stamped with this run."""
