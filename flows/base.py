@@ -31,9 +31,12 @@ def base_flow(cfg: RunConfig, parent_run_id: str | None = None, refresh: bool = 
             scores = stage.call(score_base, model, data, cfg.eval)
             model = dataclasses.replace(model, metrics={**model.metrics, **scores})
         model = stage.record(model)
-    ppl = model.metrics.get("test/ppl")
+    ppl, hit = model.metrics.get("test/ppl"), model.metrics.get("passkey/at_L")
     print(f"base model {model.path} (fingerprint {model.fingerprint})"
-          + (f", held-out PPL at {cfg.model.context_length}: {ppl:.3f}" if ppl else ""))
+          + (f", held-out PPL at {cfg.model.context_length}: {ppl:.3f}" if ppl else "")
+          + (f", passkey at {cfg.model.context_length}: {hit:.0%} [{model.metrics['passkey/at_L_ci_low']:.0%}, "
+             f"{model.metrics['passkey/at_L_ci_high']:.0%}] of {model.metrics['passkey/at_L_trials']:.0f} "
+             f"(without the needle {model.metrics['passkey/at_L_no_needle']:.0%})" if hit is not None else ""))
     return model
 
 

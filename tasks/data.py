@@ -65,7 +65,7 @@ def build_corpus(cfg: DataConfig, fingerprint: str) -> DataArtifact:
     """
     p = paths()
     documents = [doc for name in cfg.sources for doc in read_source(name, cfg)]
-    splits = corpus.split(corpus.prepare(documents, cfg), cfg)
+    splits = corpus.with_retrieval(corpus.split(corpus.prepare(documents, cfg), cfg), cfg)
     with staged_directory(p.data(cfg.name)) as staging:
         manifest = corpus.write_corpus(splits, cfg, staging / "corpus")
     versioning.ensure_repo(p.home)

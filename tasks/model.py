@@ -16,6 +16,7 @@ from ropelab.atomic import staged_directory
 from ropelab.config import EvalConfig, ModelConfig, TrainConfig
 from ropelab.data.corpus import CorpusReader
 from ropelab.data.tokenizer import ByteTokenizer
+from ropelab.eval.passkey import min_prompt_length, retrieval_check
 from ropelab.eval.perplexity import perplexity, truncated_windows
 from ropelab.models import (
     attention_window_view,
@@ -81,12 +82,23 @@ def pretrain_base(data: DataArtifact, model_cfg: ModelConfig, train_cfg: TrainCo
                          read_documents=tuple(sorted(reader.ledger.get("pretrain", set()))))
 
 
+BASE_RETRIEVAL_KEYS = 20  # per depth of passkey.RETRIEVAL_DEPTHS: 100 prompts, with and without the needle
+
+
 @device_task(name="score-base", cache_policy=IDENTITY)
 def score_base(model: ModelArtifact, data: DataArtifact, eval_cfg: EvalConfig) -> dict[str, float]:
-    """Held-out PPL of the base model at its own L (the number every extension is compared with)."""
+    """Held-out PPL of the base model at its own L (the number every extension is compared with), and whether it
+    retrieves there: passkey accuracy at L with its Wilson 95% interval, and without the needle (chance)."""
     loaded, tokenizer = load_model(model.path)
     length = rope_basics(loaded.config).original_max_position_embeddings
-    return {"test/ppl": held_out_ppl(loaded, CorpusReader(data.path), tokenizer, length, eval_cfg)}
+    scores = {"test/ppl": held_out_ppl(loaded, CorpusReader(data.path), tokenizer, length, eval_cfg)}
+    if length >= min_prompt_length(tokenizer):
+        hit, blind = retrieval_check(loaded, tokenizer, length, BASE_RETRIEVAL_KEYS,
+                                     torch.Generator().manual_seed(eval_cfg.seed))
+        scores |= {"passkey/at_L": hit.accuracy, "passkey/at_L_ci_low": hit.interval[0],
+                   "passkey/at_L_ci_high": hit.interval[1], "passkey/at_L_trials": hit.trials,
+                   "passkey/at_L_no_needle": blind.accuracy}
+    return scores
 
 
 GGUF_CONVERTER = 1  # part of a converted GGUF's name: bump it when convert_gguf writes something else

@@ -74,6 +74,7 @@ NonNegativeFloat = Annotated[Number, Field(ge=0)]
 Ratio = Annotated[Number, Field(ge=1)]
 OffOrRatio = Annotated[NonNegativeFloat, AfterValidator(_off_or_ratio)]
 Probability = Annotated[Number, Field(ge=0, le=1)]
+Share = Annotated[Number, Field(ge=0, lt=1)]
 AboveOne = Annotated[Number, Field(gt=1)]
 StageRatios = Annotated[tuple[Number, ...], AfterValidator(_stage_ratios)]
 Ratios = Annotated[tuple[Ratio, ...], Field(min_length=1)]
@@ -144,6 +145,10 @@ class DataConfig:
     max_doc_chars: NonNegative = doc("truncate every document to this many characters (0 = no limit); for smoke "
                                      "tests", 0)
     text_field: str = doc("field holding the text in user .jsonl/.parquet files", "text")
+    retrieval_share: Share = doc("share of the train split's characters that are synthetic retrieval documents "
+                                 "(passkey and key-value episodes inside training text, keys outside the passkey "
+                                 "evaluation's range; ropelab.data.retrieval), 0 = none", 0.0)
+    retrieval_seed: Int = doc("seed of the synthetic retrieval documents", 0)
 
 
 @dataclass(frozen=True)

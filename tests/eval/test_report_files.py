@@ -40,3 +40,27 @@ def test_report_names_the_protocol_and_shows_passkey_with_intervals_and_control(
     assert report["control"]["pi"]["depth"] == 1.0 and report["control"]["pi"]["trials"] == 5
     assert len(report["cells"]["none"][0]["ci95"]) == 2 and len(report["trials"]["none"]) == 10
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["passkey_none.png", "passkey_pi.png", "ppl_vs_length.png"]
+
+
+def test_the_summary_pools_every_stage_passkey_by_length_with_trials_and_plots_it(tmp_path):
+    from ropelab.artifacts import EvalArtifact
+    from ropelab.eval.report import retrieval_markdown, retrieval_rows
+
+    def report(name: str, cells: dict) -> EvalArtifact:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "passkey.json").write_text(json.dumps({"cells": cells}))
+        return EvalArtifact(tmp_path / name, "m", "d")
+
+    cell = lambda n, d, hit, trials: {"length": n, "depth": d, "correct": hit, "trials": trials}  # noqa: E731
+    reports = {"base": report("base", {"none": [cell(256, 0.1, 10, 10), cell(256, 0.9, 9, 10), cell(512, 0.1, 0, 10)],
+                                       "pi": [cell(256, 0.1, 4, 10)]}),
+               "clex": report("clex", {"native": [cell(1024, 0.5, 3, 10)]}),
+               "no-passkey": EvalArtifact(tmp_path / "none", "m", "d")}
+    rows = retrieval_rows(reports)
+    assert list(rows) == ["base:none", "base:pi", "clex"]
+    assert (rows["base:none"][256].correct, rows["base:none"][256].trials) == (19, 20)
+    md = retrieval_markdown(rows, "caption")
+    assert "| base:none | 95% [76%, 99%] 19/20 | 0% [0%, 28%] 0/10 | – |" in md
+    assert "| clex | – | – | 30% [11%, 60%] 3/10 |" in md
+    from ropelab.eval.plots import plot_retrieval_by_stage
+    assert plot_retrieval_by_stage(rows, tmp_path / "p.png", "t").stat().st_size > 1000

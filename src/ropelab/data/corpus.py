@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ropelab.config import DataConfig
+from ropelab.data.retrieval import SOURCE as RETRIEVAL_SOURCE
+from ropelab.data.retrieval import retrieval_documents
 from ropelab.data.sources import Document
 from ropelab.errors import RopelabError
 
@@ -67,10 +69,21 @@ def split(documents: list[Document], config: DataConfig) -> dict[str, list[Docum
     return splits
 
 
+def with_retrieval(splits: dict[str, list[Document]], config: DataConfig) -> dict[str, list[Document]]:
+    """The splits with ``data.retrieval_share`` of synthetic retrieval documents added to train (built from the
+    train split's own text: held-out text never enters training through them)."""
+    extra = retrieval_documents(splits["train"], config.retrieval_share, config.retrieval_seed)
+    return {**splits, "train": splits["train"] + extra} if extra else splits
+
+
 def manifest(splits: dict[str, list[Document]], config: DataConfig) -> dict:
     """What was built, deterministically (no timestamps: the same inputs give the same DVC hash)."""
+    synthetic = [d for d in splits["train"] if d.source == RETRIEVAL_SOURCE]
     return {
         "sources": list(config.sources),
+        **({"retrieval": {"share": config.retrieval_share, "seed": config.retrieval_seed,
+                          "documents": len(synthetic), "chars": sum(len(d.text) for d in synthetic)}}
+           if synthetic else {}),
         "splits": {s: [{"name": d.name, "source": d.source, "chars": len(d.text), "sha256": text_hash(d.text)}
                        for d in docs] for s, docs in splits.items()},
         "chars": {s: sum(len(d.text) for d in docs) for s, docs in splits.items()},

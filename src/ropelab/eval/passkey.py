@@ -148,6 +148,21 @@ def random_key(generator: torch.Generator) -> int:
     return int(torch.randint(KEY_RANGE[0], KEY_RANGE[1] + 1, (1,), generator=generator))
 
 
+RETRIEVAL_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def retrieval_check(model, tokenizer, length: int, keys_per_depth: int, generator: torch.Generator,
+                    depths: Sequence[float] = RETRIEVAL_DEPTHS) -> tuple[PasskeyCell, PasskeyCell]:
+    """Does this model retrieve at ``length`` (its own L, for a base)? The same prompts with and without the
+    needle: (accuracy with it, accuracy without it). A model that retrieves scores high on the first; the second
+    is the negative control and must stay at chance (1 / 50000), or the model is answering without reading."""
+    keys = [(d, random_key(generator)) for d in depths for _ in range(keys_per_depth)]
+    check_scorer(tokenizer, [k for _, k in keys])
+    found = [sum(passkey_trial(model, tokenizer, length, d, k, needle=needle).correct for d, k in keys)
+             for needle in (True, False)]
+    return PasskeyCell(length, math.nan, found[0], len(keys)), PasskeyCell(length, math.nan, found[1], len(keys))
+
+
 def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (Wilson 1927; Newcombe 1998, method 3)."""
     if trials == 0:

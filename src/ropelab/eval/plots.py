@@ -92,6 +92,28 @@ def plot_passkey_heatmap(cells: Sequence, control, path: str | Path, title: str)
     return _save(fig, path, plt)
 
 
+def plot_retrieval_by_stage(rows: Mapping[str, Mapping[int, object]], path: str | Path, title: str) -> Path:
+    """Passkey accuracy of every stage's output (rows, ``model:method``) × prompt length (columns), pooled over
+    depths, each cell annotated with correct/trials; lengths a row did not score stay blank."""
+    plt = _pyplot()
+    lengths = sorted({n for row in rows.values() for n in row})
+    names = list(rows)
+    grid = [[rows[r][n].accuracy if n in rows[r] else float("nan") for n in lengths] for r in names]
+    fig, ax = plt.subplots(figsize=(1.1 * len(lengths) + 4, 0.45 * len(names) + 2.0))
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+    ax.set_yticks(range(len(names)), names)
+    for i, r in enumerate(names):
+        for j, n in enumerate(lengths):
+            if n in rows[r]:
+                c = rows[r][n]
+                ax.text(j, i, f"{c.accuracy:.0%}\n{c.correct}/{c.trials}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label="accuracy")
+    return _save(fig, path, plt)
+
+
 def _legend_beside(ax) -> None:
     """The legend outside the axes, right of them: it never covers a curve (saved with a tight bounding box)."""
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,8 @@ from ropelab.artifacts import (
     ShortChoice,
 )
 from ropelab.config import RunConfig
-from ropelab.eval.plots import plot_ppl_vs_length
+from ropelab.eval.passkey import PasskeyCell
+from ropelab.eval.plots import plot_ppl_vs_length, plot_retrieval_by_stage
 from ropelab.eval.zoo import ExtensionHeadline, extension_headline
 from ropelab.plan import final_length
 
@@ -68,6 +71,8 @@ class PipelineOutcome:
             metrics |= {"headline/in_memory_final_length_ppl_over_base_at_L": self.in_memory.long_ratio,
                         "headline/in_memory_change_at_L": self.in_memory.short_change}
         files = ((self.report_dir / "summary.md", ""), (self.report_dir / "every_stage_ppl_vs_length.png", "plots"))
+        if self.report_dir and (self.report_dir / RETRIEVAL_PLOT).exists():  # beside summary.md: its link works
+            files += ((self.report_dir / RETRIEVAL_PLOT, ""),)
         # the MLflow run's description (mlflow.note.content) is the summary: the headline first, readable in the UI
         tags = {"export.path": str(self.export.path), "mlflow.note.content": self.summary}
         return Record(metrics, tags=tags, files=files if self.report_dir else ())
@@ -192,11 +197,70 @@ def longrope2_markdown(cfg: RunConfig, o: PipelineOutcome) -> str:
     return "\n".join(lines) + "\n"
 
 
+def retrieval_rows(reports: Mapping[str, EvalArtifact]) -> dict[str, dict[int, PasskeyCell]]:
+    """Passkey cells of every stage's output, pooled over depths: {model:method (a native row: model):
+    {length: cell}}, from each report's ``passkey.json`` (the trial counts, not only the accuracies)."""
+    rows: dict[str, dict[int, PasskeyCell]] = {}
+    for model, report in reports.items():
+        path = report.path / "passkey.json"
+        if not path.exists():
+            continue
+        for method, cells in json.loads(path.read_text())["cells"].items():
+            pooled: dict[int, list[int]] = {}
+            for c in cells:
+                pooled.setdefault(c["length"], [0, 0])
+                pooled[c["length"]][0] += c["correct"]
+                pooled[c["length"]][1] += c["trials"]
+            name = model if method == "native" else f"{model}:{method}"
+            rows[name] = {n: PasskeyCell(n, math.nan, hit, trials) for n, (hit, trials) in sorted(pooled.items())}
+    return rows
+
+
+def retrieval_caption(cfg: RunConfig) -> str:
+    depths = ", ".join(f"{d:g}" for d in cfg.eval.passkey_depths)
+    return (f"Passkey retrieval of every stage's output (the LongRoPE/YaRN prompt, keys 1..50000): accuracy "
+            f"[Wilson 95% interval] correct/trials, pooled over depths {depths} with {cfg.eval.passkey_trials} "
+            f"trials per (length, depth)")
+
+
+def retrieval_markdown(rows: Mapping[str, Mapping[int, PasskeyCell]], caption: str) -> str:
+    lengths = sorted({n for row in rows.values() for n in row})
+    lines = [caption, "", "| model:method | " + " | ".join(map(str, lengths)) + " |", "|---|" + "---:|" * len(lengths)]
+    for name, row in rows.items():
+        cells = []
+        for n in lengths:
+            if n not in row:
+                cells.append("–")
+                continue
+            low, high = row[n].interval
+            cells.append(f"{row[n].accuracy:.0%} [{low:.0%}, {high:.0%}] {row[n].correct}/{row[n].trials}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+RETRIEVAL_PLOT = "every_stage_passkey.png"
+
+
+def base_retrieval_line(cfg: RunConfig, base: ModelArtifact) -> str:
+    """The base model's own retrieval check at L (``score_base``), when it ran."""
+    m = base.metrics
+    if "passkey/at_L" not in m:
+        return ""
+    return (f"Base model at L = {cfg.model.context_length}: passkey {m['passkey/at_L']:.0%} "
+            f"[{m['passkey/at_L_ci_low']:.0%}, {m['passkey/at_L_ci_high']:.0%}] of {m['passkey/at_L_trials']:.0f} "
+            f"prompts (20 keys × depths 0, 0.25, 0.5, 0.75, 1); the same prompts without the needle "
+            f"{m['passkey/at_L_no_needle']:.0%} (chance: 1/50000).\n")
+
+
 def pipeline_summary(cfg: RunConfig, o: PipelineOutcome, zoo_markdown: Mapping[str, str]) -> str:
     """Headline first, then every stage's output, one table of every stage, each zoo, the stage times."""
     lines = [f"# ropelab pipeline: {cfg.preset}", "", headline_line(cfg, o.headline, o.in_memory, o.export.lossy), "",
              *stage_lines(cfg, o), "",
              "## every stage", "", comparison_markdown(o.combined, cfg, "Held-out PPL of every stage's output"), ""]
+    retrieval = retrieval_rows(o.reports)
+    if retrieval:
+        lines += ["## retrieval (passkey)", "", f"![passkey accuracy of every stage]({RETRIEVAL_PLOT})", "",
+                  base_retrieval_line(cfg, o.base), retrieval_markdown(retrieval, retrieval_caption(cfg)), ""]
     if o.longrope2 is not None:
         lines += ["## LongRoPE vs LongRoPE2", "", longrope2_markdown(cfg, o), ""]
     for name, text in zoo_markdown.items():
@@ -221,4 +285,8 @@ def pipeline_report(cfg: RunConfig, outcome: PipelineOutcome, durations, out: Pa
     (out / "summary.md").write_text(summary)
     plot_ppl_vs_length(rows, out / "every_stage_ppl_vs_length.png",
                        f"held-out PPL of every stage's output (model:method)\n{protocol_words(cfg.eval)}", L)
+    retrieval = retrieval_rows(outcome.reports)
+    if retrieval:
+        plot_retrieval_by_stage(retrieval, out / RETRIEVAL_PLOT, f"passkey retrieval of every stage's output "
+                                f"({cfg.preset}; {cfg.eval.passkey_trials} trials per length and depth)")
     return dataclasses.replace(outcome, summary=summary)
