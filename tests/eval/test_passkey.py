@@ -217,3 +217,14 @@ def test_grid_prompts_do_not_change_when_the_control_is_added():
     assert {k: v for k, v in with_control.items() if not k[3]} == without
     assert {k[:2] for k in with_control if k[3]} == {(256, 1.0)} and len(with_control) == len(without) + 5
     assert math.isclose(sum(k[3] for k in with_control), 5)
+
+
+def test_the_base_retrieval_check_scores_a_retriever_high_and_the_same_prompts_without_needle_at_zero(retriever):
+    from ropelab.eval.passkey import retrieval_check
+
+    model, tok = retriever  # it copies from the control's needle position: depth 1 at the shortest length
+    hit, blind = retrieval_check(model, tok, min_prompt_length(tok), 4, torch.Generator().manual_seed(2), depths=(1.0,))
+    assert (hit.correct, hit.trials) == (4, 4) and (blind.correct, blind.trials) == (0, 4)
+    far, _ = retrieval_check(model, tok, min_prompt_length(tok) + 100, 4, torch.Generator().manual_seed(2),
+                             depths=(0.0,))
+    assert far.correct == 0  # the needle 100 tokens further away than the copier looks

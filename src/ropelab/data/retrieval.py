@@ -7,7 +7,9 @@ one or more keys and, after a stretch of ordinary text, asks for one of them and
 - passkey style: ``The pass key is K. Remember it. K is the pass key.`` … ``What is the pass key? The pass key
   is K.`` (the sentences of the passkey evaluation, so the base knows the format; never its filler or its keys);
 - key–value style: two to four named keys (``The amber key is K.``), one of them asked for by name: the model
-  must match the name, not only the template.
+  must match the name, not only the template;
+- list style: two to four numbers said, then said again (every digit of the repeat is predictable only by
+  copying: the densest signal for an induction circuit).
 
 Keys are whole numbers outside the evaluation's range (``TRAIN_KEY_RANGES`` against
 ``ropelab.eval.passkey.KEY_RANGE``), so no evaluation key can occur in training data; names are drawn from a
@@ -32,6 +34,7 @@ NAMES = ("amber", "silver", "iron", "crimson", "north", "garden", "river", "towe
          "harbour", "stone", "velvet", "falcon", "orchard")
 PASSKEY = ("The pass key is {key}. Remember it. {key} is the pass key.", "What is the pass key? The pass key is {key}.")
 NAMED = ("The {name} key is {key}.", "What is the {name} key? The {name} key is {key}.")
+LISTED = ("Remember the numbers {keys}.", "The numbers were {keys}.")
 SEPARATORS = ("\n", " ")
 
 assert all(hi < KEY_RANGE[0] or lo > KEY_RANGE[1] for lo, hi in TRAIN_KEY_RANGES), "training keys must not overlap"
@@ -68,10 +71,15 @@ def _gap(rng: random.Random, max_gap: int) -> int:
 
 def episode(rng: random.Random, passages: _Passages, max_gap: int) -> str:
     sep = lambda: rng.choice(SEPARATORS)  # noqa: E731
-    if rng.random() < 0.5:
+    kind = rng.random()
+    if kind < 0.4:
         key = training_key(rng)
         statement, question = (s.format(key=key) for s in PASSKEY)
         return statement + sep() + passages.take(_gap(rng, max_gap)) + sep() + question
+    if kind < 0.7:  # a list said twice: every number of the repeat can only be predicted by copying
+        keys = ", ".join(str(training_key(rng)) for _ in range(rng.randint(2, 4)))
+        statement, repeat = (s.format(keys=keys) for s in LISTED)
+        return statement + sep() + passages.take(_gap(rng, max_gap)) + sep() + repeat
     names = rng.sample(NAMES, rng.randint(2, 4))
     keys = {name: training_key(rng) for name in names}
     parts = []
@@ -82,7 +90,7 @@ def episode(rng: random.Random, passages: _Passages, max_gap: int) -> str:
 
 
 def retrieval_documents(train: Sequence[Document], share: float, seed: int, *, doc_chars: int = 4096,
-                        max_gap: int = 1500, text_between: int = 200) -> list[Document]:
+                        max_gap: int = 1500, text_between: int = 80) -> list[Document]:
     """Synthetic documents making up ``share`` of the characters of ``train`` + them, built from ``train``'s text.
 
     Each is ~``doc_chars`` characters: ordinary text (up to ``text_between`` characters at a time) and episodes,
