@@ -259,8 +259,9 @@ def pipeline_summary(cfg: RunConfig, o: PipelineOutcome, zoo_markdown: Mapping[s
              "## every stage", "", comparison_markdown(o.combined, cfg, "Held-out PPL of every stage's output"), ""]
     retrieval = retrieval_rows(o.reports)
     if retrieval:
+        base_line = base_retrieval_line(cfg, o.base)
         lines += ["## retrieval (passkey)", "", f"![passkey accuracy of every stage]({RETRIEVAL_PLOT})", "",
-                  base_retrieval_line(cfg, o.base), retrieval_markdown(retrieval, retrieval_caption(cfg)), ""]
+                  *([base_line] if base_line else []), retrieval_markdown(retrieval, retrieval_caption(cfg)), ""]
     if o.longrope2 is not None:
         lines += ["## LongRoPE vs LongRoPE2", "", longrope2_markdown(cfg, o), ""]
     for name, text in zoo_markdown.items():
@@ -288,5 +289,5 @@ def pipeline_report(cfg: RunConfig, outcome: PipelineOutcome, durations, out: Pa
     retrieval = retrieval_rows(outcome.reports)
     if retrieval:
         plot_retrieval_by_stage(retrieval, out / RETRIEVAL_PLOT, f"passkey retrieval of every stage's output "
-                                f"({cfg.preset}; {cfg.eval.passkey_trials} trials per length and depth)")
+                                f"({cfg.preset}; pooled over depths, {cfg.eval.passkey_trials} trials per length and depth)")
     return dataclasses.replace(outcome, summary=summary)
