@@ -120,3 +120,23 @@ def test_evaluate_flow_writes_the_zoo_report(first_base_run, smoke):
     assert run.data.tags["ropelab.consumed.model"] == base.run_id
     assert "256" in report.passkey["none"] and "128" not in report.passkey["none"]  # 128 can't hold the task line, needle and question
     assert dataclasses.is_dataclass(report)
+
+
+def test_retrieval_documents_reach_pretraining_and_the_base_is_checked_for_retrieval_at_L(smoke, capsys):
+    """Data with retrieval documents (its own DVC pointer), a base at L = 256 (a passkey prompt fits): the train
+    split holds the synthetic documents, the manifest records them, and the base stage scores passkey at L with
+    and without the needle (this untrained-in-effect base retrieves nothing; without the needle is chance)."""
+    from ropelab.flows.base import base_flow
+    from ropelab.flows.data import data_flow
+
+    cfg = derive(smoke, data={"name": "data-retrieval", "retrieval_share": 0.3},
+                 model={"context_length": 256}, pretrain={"seq_len": 256, "steps": 4})
+    data = data_flow(cfg)
+    reader = CorpusReader(data.path)
+    synthetic = [d for d in reader.documents("train", "inspect") if d.source == "synthetic-retrieval"]
+    assert synthetic and reader.manifest()["retrieval"]["documents"] == len(synthetic)
+    base = base_flow(cfg, data=data)
+    m = base.metrics
+    assert m["passkey/at_L_trials"] == 100 and m["passkey/at_L_no_needle"] == 0.0
+    assert 0.0 <= m["passkey/at_L_ci_low"] <= m["passkey/at_L"] <= m["passkey/at_L_ci_high"] <= 1.0
+    assert "passkey at 256: " in capsys.readouterr().out
