@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
+import subprocess
 
 import pytest
 
@@ -12,6 +14,14 @@ from ropelab.data.corpus import CorpusReader
 from ropelab.tasks.home import resolve_config
 
 pytestmark = pytest.mark.slow
+
+
+def forget_data_version(home, name: str) -> None:
+    """Undo a test-only data version in the session home (a clone of the repository, which later tests check is
+    clean): its directory, its DVC pointer and the line `dvc add` wrote into .gitignore."""
+    shutil.rmtree(home / name, ignore_errors=True)
+    (home / f"{name}.dvc").unlink(missing_ok=True)
+    subprocess.run(["git", "checkout", "--", ".gitignore"], cwd=home, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +132,16 @@ def test_evaluate_flow_writes_the_zoo_report(first_base_run, smoke):
     assert dataclasses.is_dataclass(report)
 
 
-def test_retrieval_documents_reach_pretraining_and_the_base_is_checked_for_retrieval_at_L(smoke, capsys):
+def test_retrieval_documents_reach_pretraining_and_the_base_is_checked_for_retrieval_at_L(smoke, capsys, request):
     """Data with retrieval documents (its own DVC pointer), a base at L = 256 (a passkey prompt fits): the train
     split holds the synthetic documents, the manifest records them, and the base stage scores passkey at L with
     and without the needle (this untrained-in-effect base retrieves nothing; without the needle is chance)."""
     from ropelab.flows.base import base_flow
     from ropelab.flows.data import data_flow
+    from ropelab.tasks.home import paths
 
+    home = paths().home
+    request.addfinalizer(lambda: forget_data_version(home, "data-retrieval"))
     cfg = derive(smoke, data={"name": "data-retrieval", "retrieval_share": 0.3},
                  model={"context_length": 256}, pretrain={"seq_len": 256, "steps": 4})
     data = data_flow(cfg)
